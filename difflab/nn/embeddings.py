@@ -1,0 +1,75 @@
+"""Timestep and class embeddings.
+
+Notation
+--------
+t       timestep, ``[B]`` (long indices of the training chain, or float)
+dim     embedding width
+emb     the conditioning vector fed to every ResNet block, ``[B, time_embed_dim]``
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of ``t`` (Transformer positional encoding, DDPM Appendix B).
+
+    Returns ``[B, dim]`` laid out as ``[cos(t w_i), sin(t w_i)]`` with
+    ``w_i = max_period ** (-i / (dim // 2))`` for ``i = 0 .. dim//2 - 1`` (the layout of
+    guided-diffusion, and of diffusers with ``flip_sin_to_cos=True, freq_shift=0``).
+    An odd ``dim`` is padded with one zero column.
+    """
+    if t.ndim != 1:
+        raise ValueError(f"t must be a 1-D tensor [B], got shape {tuple(t.shape)}")
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
+    args = t.to(torch.float32)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal features followed by a two-layer SiLU MLP: ``t -> emb``."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_dim = in_dim
+        self.linear_1 = nn.Linear(in_dim, out_dim)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(out_dim, out_dim)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        emb = timestep_embedding(t, self.in_dim).to(self.linear_1.weight.dtype)
+        return self.linear_2(self.act(self.linear_1(emb)))
+
+
+class ClassEmbedding(nn.Module):
+    """Class labels ``y in {0 .. num_classes}``; index ``num_classes`` is the null class
+    (the "unconditional" label used by classifier-free guidance)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embedding = nn.Embedding(num_classes + 1, dim)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if y.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"class labels y must be an integer tensor, got {y.dtype}")
+        if not torch.jit.is_tracing() and y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
+            raise ValueError(
+                f"class labels must lie in [0, {self.num_classes}] ({self.num_classes} = null class), "
+                f"got range [{int(y.min())}, {int(y.max())}]"
+            )
+        return self.embedding(y)

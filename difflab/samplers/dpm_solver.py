@@ -1,0 +1,92 @@
+"""DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++"): multistep, data-prediction form, eta = 0.
+
+Notation, on a (respaced) chain with steps tau_1 < ... < tau_S, walked from i = S down to 1,
+with the last step landing on clean data (abar = 1, sigma = 0):
+
+==========================  ===============================================================
+``alpha_i, sigma_i``        sqrt(abar_{tau_i}), sqrt(1 - abar_{tau_i})  (VP: x_t = alpha x_0 + sigma eps)
+``lambda_i``                log(alpha_i / sigma_i), half the log-SNR
+``h_i``                     lambda_{i-1} - lambda_i > 0, the step in lambda
+``r_i``                     h_{i+1} / h_i, ratio of the previous step to this one
+``x0_i``                    pred_x0 of the model at (x_{tau_i}, tau_i)
+==========================  ===============================================================
+
+    first order (= DDIM, eta 0):  x_{i-1} = (sigma_{i-1} / sigma_i) x_i - alpha_{i-1} (e^{-h_i} - 1) x0_i
+                                                                                 (DPM-Solver++ eq. 9)
+    2M:                           D_i = (1 + 1 / (2 r_i)) x0_i - 1 / (2 r_i) x0_{i+1}
+                                  x_{i-1} = (sigma_{i-1} / sigma_i) x_i - alpha_{i-1} (e^{-h_i} - 1) D_i
+                                                                                 (DPM-Solver++ Alg. 2)
+
+The first step has no history and is first order. The last step goes to sigma = 0, where
+lambda = +inf: it is always first order and returns x0 of the last evaluation, as diffusers'
+``DPMSolverMultistepScheduler`` does with its default ``final_sigmas_type="zero"`` (so diffusers'
+``lower_order_final`` switch has nothing left to change for the 2nd-order solver and is not offered).
+The NFE equals the number of steps. e^{-h} is computed as a ratio of sigma / alpha, so the
+final step needs no infinities.
+
+The default grid is ``spacing="trailing"`` (T-1, T-1-T/S, ..., T/S-1), which is (up to one
+timestep) the grid diffusers uses by default for this solver. A grid that ends with a model call
+at t = 0 ("linspace", "leading") wastes that call and, worse, makes the step into t = 0 a huge
+one in lambda after a small one (r ~ 0.15 at 20 steps on the linear schedule), where the 2M
+extrapolation overshoots: on a 2-D Gaussian mixture with the exact model, 20 steps on "linspace"
+inflate the variances by 12-21 %, on "trailing" they are off by < 2 %.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import CountingModel, Recorder, SampleOutput, batch_t, check_x_T
+
+ORDERS = (1, 2)
+
+
+@torch.no_grad()
+def dpm_solver_pp_sample(model, diffusion, x_T: torch.Tensor, *, steps=20, spacing: str = "trailing",
+                         generator=None, model_kwargs=None, clip_denoised: bool = False, callback=None,
+                         progress: bool = False, return_trajectory: bool = False, eta: float = 0.0,
+                         order: int = 2, denoised_fn=None) -> SampleOutput:
+    """DPM-Solver++ (multistep, data prediction) on ``steps`` timesteps; one model call per step.
+
+    ``order`` 2 is DPM-Solver++(2M); ``order`` 1 is the first-order solver (identical to DDIM with
+    eta = 0). Only the deterministic solver exists here: ``eta`` must be 0. ``generator`` is
+    accepted for the common signature and unused. ``clip_denoised`` / ``denoised_fn`` act on
+    pred_x0 before it enters the update (static thresholding).
+    """
+    check_x_T(x_T)
+    if float(eta) != 0.0:
+        raise ValueError(f"dpm_solver_pp_sample is the deterministic (eta = 0) DPM-Solver++; got eta={eta}. "
+                         "Use ddim_sample or ddpm_sample for stochastic sampling")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    chain = diffusion.respaced(steps, spacing)
+    abar = chain.terms.alphas_cumprod  # float64, index i = tau_{i+1}
+    alpha = [math.sqrt(a) for a in abar]
+    sigma = [math.sqrt(1.0 - a) for a in abar]
+    lam = [math.log(a / s) for a, s in zip(alpha, sigma)]
+    counted = CountingModel(model)
+    n = chain.num_timesteps
+    rec = Recorder(n, return_trajectory=return_trajectory, callback=callback, progress=progress,
+                   desc="DPM-Solver++")
+    x = x_T
+    x0_prev = None  # pred_x0 at the previous (noisier) step, for the 2M correction
+    for k, i in enumerate(reversed(range(n))):
+        t = batch_t(i, x)
+        out = chain.p_mean_variance(counted, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                                    model_kwargs=model_kwargs)
+        x0 = out["pred_x0"]
+        alpha_s, sigma_s = alpha[i], sigma[i]
+        alpha_t, sigma_t = (alpha[i - 1], sigma[i - 1]) if i > 0 else (1.0, 0.0)
+        exp_neg_h = (sigma_t / alpha_t) / (sigma_s / alpha_s)  # e^{-h}, h = lambda_t - lambda_s
+        if order == 1 or x0_prev is None or i == 0:
+            D = x0
+        else:
+            r = (lam[i] - lam[i + 1]) / (lam[i - 1] - lam[i])  # r_i = h_{i+1} / h_i
+            D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev  # DPM-Solver++ Alg. 2
+        x_next = (sigma_t / sigma_s) * x - alpha_t * (exp_neg_h - 1.0) * D  # DPM-Solver++ eq. 9
+        rec.step(k, int(chain.timestep_map[i]), x, x0)
+        x0_prev = x0
+        x = x_next
+    return rec.finish(x, counted.nfe, [int(s) for s in chain.timestep_map[::-1]])
