@@ -251,6 +251,18 @@ class GaussianDiffusion:
             return prediction_out, (x_t - a * prediction_out) / s
         return a * x_t - s * prediction_out, s * x_t + a * prediction_out
 
+    def output_shift_for_x0_shift(self, x_t, t, delta_x0):
+        """How the mean output must move so that pred_x0 moves by ``delta_x0`` (x_t fixed).
+
+        eps target: x_0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps  =>  d eps = -d x_0 / sqrt(1/abar - 1);
+        x0 target: d x_0; v target: x_0 = sqrt(abar) x_t - sqrt(1 - abar) v  =>  d v = -d x_0 / sqrt(1 - abar).
+        """
+        if self.prediction == "eps":
+            return -delta_x0 / self.extract("sqrt_recipm1_alphas_cumprod", t, x_t)
+        if self.prediction == "x0":
+            return delta_x0
+        return -delta_x0 / self.extract("sqrt_one_minus_alphas_cumprod", t, x_t)
+
     def from_x0_eps(self, x_t, t, pred_x0, eps):
         """The prediction target (eps, x0 or v) that corresponds to (pred_x0, eps)."""
         if self.prediction == "eps":

@@ -103,13 +103,14 @@ class GaussianMixture:
         return out
 
     def class_log_prob(self, x_t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-        """log p(y = k | x_t) for every component k: [B, K], differentiable in x_t."""
-        rows = []
-        for i in range(x_t.shape[0]):
-            a, s2 = torch.sqrt(abar[i]), 1.0 - abar[i]
-            lp = self._component_log_probs(x_t[i:i + 1], float(a), float(s2))[0] + torch.log(self.weights)
-            rows.append(torch.log_softmax(lp, dim=0))
-        return torch.stack(rows)
+        """log p(y = k | x_t) for every component k: [B, K], differentiable in x_t (abar per example)."""
+        x = x_t.to(torch.float64)
+        abar = abar.to(torch.float64).reshape(-1, 1, 1)
+        lam = abar * self._lam + (1 - abar)                                  # [B, K, D]
+        diff = x[:, None, :] - torch.sqrt(abar) * self.means                 # [B, K, D]
+        proj = torch.matmul(diff.transpose(0, 1), self._U).transpose(0, 1)   # [B, K, D]
+        logp = -0.5 * ((proj**2 / lam).sum(-1) + torch.log(lam).sum(-1))   # constants cancel
+        return torch.log_softmax(logp + torch.log(self.weights), dim=-1)
 
     def eps_model(self, alphas_cumprod, conditional: bool = False):
         """A model function ``model(x_t, t, y=None) -> eps*`` for the training chain's alphas_cumprod.

@@ -201,15 +201,14 @@ class _DropoutFn(torch.autograd.Function):
         keep = (bits >= drop_levels - 32768).view(shape)  # P(keep) = 1 - drop_levels / 65536
         if perm is not None:
             keep = keep.permute(perm)
-        scale = 65536.0 / (65536 - drop_levels)
-        mask = keep.to(x.dtype).mul_(scale)
-        ctx.save_for_backward(mask)
-        return x * mask
+        ctx.scale = 65536.0 / (65536 - drop_levels)
+        ctx.save_for_backward(keep)                       # 1 byte per element, like native dropout
+        return keep.to(x.dtype).mul_(ctx.scale).mul_(x)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        (mask,) = ctx.saved_tensors
-        return grad_out * mask, None
+        (keep,) = ctx.saved_tensors
+        return keep.to(grad_out.dtype).mul_(ctx.scale).mul_(grad_out), None
 
 
 class Downsample(nn.Module):

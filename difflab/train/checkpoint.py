@@ -1,0 +1,253 @@
+"""Training checkpoints: one folder per checkpoint, written atomically.
+
+Layout of a run folder::
+
+    RUN_DIR/config.yaml                      the resolved RunConfig
+    RUN_DIR/checkpoints/latest               text file naming the newest complete checkpoint
+    RUN_DIR/checkpoints/step_00001000/
+        model.safetensors                    the trained weights
+        ema.safetensors                      their exponential moving average (sampling default)
+        training_state.pt                    optimiser, RNG states, step, data position
+                                             (plain tensors / numbers; read with weights_only=True)
+        config.yaml                          the RunConfig that produced it
+
+A checkpoint is written into ``checkpoints/.tmp-...`` and renamed into place, and only then
+is ``latest`` replaced (write-to-temp + ``os.replace``), so a crash at any moment leaves the
+previous checkpoint and pointer intact. Older checkpoints beyond ``keep`` are then removed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ConfigError, RunConfig, load_config, save_config
+
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_NAME = "latest"
+MODEL_NAME = "model.safetensors"
+EMA_NAME = "ema.safetensors"
+STATE_NAME = "training_state.pt"
+CONFIG_NAME = "config.yaml"
+CHECKPOINT_FILES = (MODEL_NAME, EMA_NAME, STATE_NAME, CONFIG_NAME)
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or corrupt."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete-looking checkpoint folders of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[str, torch.Tensor],
+                    ema_state: dict[str, torch.Tensor], training_state: dict[str, Any], config: RunConfig,
+                    keep: int = 3) -> Path:
+    """Write checkpoint ``step`` atomically, point ``latest`` at it, prune to ``keep``; return its folder."""
+    from safetensors.torch import save_file
+
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        cpu = lambda sd: {k: v.detach().cpu().contiguous() for k, v in sd.items()}  # noqa: E731
+        save_file(cpu(model_state), str(tmp / MODEL_NAME), metadata={"step": str(step)})
+        save_file(cpu(ema_state), str(tmp / EMA_NAME), metadata={"step": str(step)})
+        torch.save(training_state, tmp / STATE_NAME)
+        save_config(config, tmp / CONFIG_NAME)
+        for name in CHECKPOINT_FILES:
+            _fsync_file(tmp / name)
+        _fsync_dir(tmp)
+        if final.exists():   # re-saving a step (e.g. after a resume): move the old copy aside first
+            old = root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_text_atomic(root / LATEST_NAME, final.name + "\n")
+    _fsync_dir(root)
+    prune_checkpoints(run_dir, keep)
+    return final
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
+    """Remove all but the newest ``keep`` checkpoints (never the one ``latest`` names) and stale temp folders."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    latest = read_latest(run_dir)
+    ckpts = [p for p in list_checkpoints(run_dir) if p != latest]
+    excess = len(ckpts) + (latest is not None) - max(1, keep)
+    for p in ckpts[:max(0, excess)]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(".tmp-*"):
+        if not p.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def read_latest(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint folder ``checkpoints/latest`` names, or None when there is none yet."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    pointer = root / LATEST_NAME
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip()
+    if not _STEP_RE.match(name):
+        raise CheckpointError(f"{pointer} is corrupt (it should name a step_NNNNNNNN folder, got {name[:40]!r})")
+    return root / name
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder from a run folder (its latest checkpoint), a checkpoints/ folder, or itself."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist (expected a run folder or a checkpoint folder)")
+    if (p / STATE_NAME).exists() or (p / MODEL_NAME).exists():
+        return p
+    run_dir = p.parent if p.name == CHECKPOINTS_DIR and (p / LATEST_NAME).exists() else p
+    if (run_dir / CHECKPOINTS_DIR).is_dir():
+        latest = read_latest(run_dir)
+        if latest is None:
+            raise CheckpointError(f"{run_dir} has no finished checkpoint yet ({run_dir / CHECKPOINTS_DIR / LATEST_NAME} "
+                                  "is missing)")
+        if not latest.is_dir():
+            raise CheckpointError(f"{run_dir / CHECKPOINTS_DIR / LATEST_NAME} names {latest.name}, which does not exist"
+                                  + _earlier_hint(run_dir, latest))
+        return latest
+    raise CheckpointError(f"{p} is neither a run folder (with {CHECKPOINTS_DIR}/) nor a checkpoint folder "
+                          f"(with {MODEL_NAME})")
+
+
+def _earlier_hint(run_dir: Path, bad: Path) -> str:
+    others = [c for c in list_checkpoints(run_dir) if c != bad]
+    return f"; an earlier checkpoint is {others[-1]} (pass that path to --resume / --checkpoint)" if others else ""
+
+
+def _corrupt(ckpt: Path, what: str, err: BaseException | str) -> CheckpointError:
+    run_dir = ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS_DIR else None
+    hint = _earlier_hint(run_dir, ckpt) if run_dir is not None else ""
+    detail = err if isinstance(err, str) else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return CheckpointError(f"checkpoint {ckpt} is corrupt or incomplete: {what} ({detail}){hint}")
+
+
+def load_weights(ckpt: Path, name: str = EMA_NAME) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = ckpt / name
+    if not path.is_file():
+        raise _corrupt(ckpt, f"{name} is missing", "file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _corrupt(ckpt, f"{name} could not be read", e) from None
+
+
+def load_training_state(ckpt: Path) -> dict[str, Any]:
+    path = ckpt / STATE_NAME
+    if not path.is_file():
+        raise _corrupt(ckpt, f"{STATE_NAME} is missing", "file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # torch.load raises many types (pickle, zip, EOF) for damaged files
+        raise _corrupt(ckpt, f"{STATE_NAME} could not be read", e) from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise _corrupt(ckpt, f"{STATE_NAME} has no 'step'", "not a difflab training state")
+    return state
+
+
+def load_checkpoint_config(ckpt: Path) -> RunConfig:
+    path = ckpt / CONFIG_NAME
+    if not path.is_file():
+        raise _corrupt(ckpt, f"{CONFIG_NAME} is missing", "file not found")
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise _corrupt(ckpt, f"{CONFIG_NAME} is not a valid run config", str(e)) from None
+
+
+def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], ckpt: Path, name: str) -> None:
+    from ..nn.io import check_state_dict
+
+    try:
+        check_state_dict(module, tensors, source=str(ckpt / name))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    module.load_state_dict(tensors)
+
+
+@dataclass
+class LoadedRun:
+    """A trained network ready to sample: its config, the module (eval mode), the diffusion."""
+
+    config: RunConfig
+    model: torch.nn.Module
+    diffusion: Any
+    checkpoint: Path
+    step: int
+    weights: str        # "ema" or "model"
+
+
+def load_run(path: str | os.PathLike, *, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedRun:
+    """Load a run folder's latest checkpoint (or a given checkpoint folder) for sampling."""
+    from ..nn.unet import UNet
+
+    ckpt = resolve_checkpoint(path)
+    cfg = load_checkpoint_config(ckpt)
+    name = EMA_NAME if use_ema else MODEL_NAME
+    tensors = load_weights(ckpt, name)
+    model = UNet(cfg.model)
+    load_state_into(model, tensors, ckpt, name)
+    model.eval().requires_grad_(False)
+    step = int(_STEP_RE.match(ckpt.name).group(1)) if _STEP_RE.match(ckpt.name) else -1
+    return LoadedRun(cfg, model.to(device), cfg.diffusion.build(), ckpt, step, "ema" if use_ema else "model")

@@ -1,0 +1,64 @@
+"""Training metrics: ``metrics.jsonl`` (one JSON object per log step), ``metrics.csv``, and
+TensorBoard event files when the ``tensorboard`` package is installed (optional)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "skipped_steps", "elapsed_s")
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_JSONL
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue   # a line cut short by a crash
+    return rows
+
+
+class MetricsLogger:
+    """Appends metric rows; on resume, first drops rows logged after the resumed step."""
+
+    def __init__(self, run_dir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.jsonl = self.run_dir / METRICS_JSONL
+        self.csv = self.run_dir / METRICS_CSV
+        rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step] if resume_step else []
+        with open(self.jsonl, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        with open(self.csv, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter   # needs the tensorboard package
+                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step or None)
+            except Exception:   # not installed (ImportError) or broken install: TensorBoard is optional
+                self.tb = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        with open(self.jsonl, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        with open(self.csv, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerow(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"train/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
