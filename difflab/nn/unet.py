@@ -105,6 +105,16 @@ class ConfigMixin:
 
 @dataclass(frozen=True)
 class UNetConfig(ConfigMixin):
+    """Architecture of a ``UNet``; validated on construction (``ValueError`` says what is wrong).
+
+    Resolutions (``attention_resolutions``, ``cross_attention_resolutions``) are pixel sizes
+    of levels: ``image_size / 2**level``; ``image_size`` must be divisible by
+    ``2**(len(channel_mult) - 1)``. Level ``i`` has ``model_channels * channel_mult[i]``
+    channels. Heads: ``num_head_channels`` channels per head when it is not -1, else
+    ``num_heads`` heads. The middle block has self-attention when ``mid_attention`` and a
+    cross-attention transformer whenever ``context_dim`` is set.
+    """
+
     image_size: int = 32
     in_channels: int = 3
     out_channels: int | None = None          # None = in_channels; doubled when learn_sigma
