@@ -1,0 +1,216 @@
+"""Sample quality against the number of network evaluations, for every sampler, on one trained model.
+
+Ours: DDPM (full chain, sigma^2 = beta-tilde and beta), DDIM (eta 0 / 0.5 / 1 at 10, 20, 50,
+100 steps), DPM-Solver++(2M) and Heun (about 10 and 20 NFE). Peers on the same model and
+the same starting noise: diffusers' DDIMScheduler and DPMSolverMultistepScheduler at 10 and 20 NFE.
+
+Quality = Frechet distance to the held-out test split in the feature space of difflab's
+clean evaluation classifier (trained on the training split only), with the same number of
+samples for every row, and the floor: that many real training images against the test split.
+
+    .venv/bin/python benchmarks/sampler_quality.py --run runs/digits-demo --dataset digits --n 1000
+
+Writes the "## Sampler quality (<dataset>)" section of benchmarks/RESULTS.md and a plot in
+benchmarks/artifacts/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from difflab.data import load_dataset  # noqa: E402
+from difflab.eval import (EvalClassifierConfig, compute_stats, frechet_distance,  # noqa: E402
+                          load_eval_classifier, train_eval_classifier, save_eval_classifier)
+from difflab.eval.classifier import ClassifierFeaturizer  # noqa: E402
+from difflab.rng import per_sample_generators, randn  # noqa: E402
+from difflab.samplers import get_sampler  # noqa: E402
+from difflab.train.checkpoint import load_run  # noqa: E402
+
+ARTIFACTS = ROOT / "benchmarks" / "artifacts"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+
+# ----------------------------------------------------------------------------- evaluator
+def evaluator(dataset: str, data_root: str | None):
+    """The clean classifier's featurizer and the test split's statistics."""
+    train = load_dataset(dataset, root=data_root, split="train")
+    test = load_dataset(dataset, root=data_root, split="test")
+    path = ARTIFACTS / f"eval_classifier_{dataset.replace('-', '_')}"
+    if (path / "model.safetensors").is_file():
+        clf = load_eval_classifier(path)
+    else:
+        size = max(16, train.images.shape[-1])
+        epochs = 30 if len(train) < 5000 else 3
+        clf = train_eval_classifier(train.to_float(), train.labels, epochs=epochs, seed=0,
+                                    config=EvalClassifierConfig(in_channels=train.images.shape[1], image_size=size))
+        save_eval_classifier(clf, path, metadata={"dataset": dataset, "epochs": epochs})
+    feat = ClassifierFeaturizer(clf, name=f"eval-classifier-{dataset}")
+    ref = compute_stats(feat.features(test.to_float()), feat.name, dataset, "test")
+    return feat, ref, train, test
+
+
+def fd_of(feat, ref, images: torch.Tensor) -> float:
+    return frechet_distance(compute_stats(feat.features(images), feat.name, "samples", "generated"), ref)
+
+
+# ----------------------------------------------------------------------------- samplers
+def ours(run, name: str, steps, n: int, seed: int, batch: int, **opts):
+    sampler = get_sampler(name)
+    params = inspect.signature(sampler).parameters
+    shape = (run.config.model.in_channels, run.config.model.image_size, run.config.model.image_size)
+    outs, nfe = [], 0
+    for start in range(0, n, batch):
+        gens = per_sample_generators([seed * 2**20 + i for i in range(start, min(start + batch, n))])
+        x_T = randn((len(gens), *shape), gens)
+        kw = {k: v for k, v in opts.items() if k in params}
+        out = sampler(run.model, run.diffusion, x_T, steps=steps, generator=gens, clip_denoised=True, **kw)
+        outs.append(out.sample)
+        nfe = out.nfe
+    return torch.cat(outs).clamp(-1, 1), nfe
+
+
+def diffusers_peer(run, kind: str, steps: int, n: int, seed: int, batch: int):
+    """diffusers' scheduler loop on our model, with our betas and prediction type."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    d = run.diffusion
+    pred = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[d.prediction]
+    common = dict(num_train_timesteps=d.num_timesteps, trained_betas=d.terms.betas.astype(np.float32),
+                  prediction_type=pred)
+    if kind == "ddim":
+        sched = DDIMScheduler(clip_sample=True, set_alpha_to_one=True, **common)
+    else:
+        sched = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **common)
+    shape = (run.config.model.in_channels, run.config.model.image_size, run.config.model.image_size)
+    outs = []
+    for start in range(0, n, batch):
+        gens = per_sample_generators([seed * 2**20 + i for i in range(start, min(start + batch, n))])
+        x = randn((len(gens), *shape), gens)
+        sched.set_timesteps(steps)
+        with torch.no_grad():
+            for t in sched.timesteps:
+                tt = torch.full((x.shape[0],), int(t), dtype=torch.long)
+                out = run.model(x, tt)
+                x = sched.step(out, t, x).prev_sample
+        outs.append(x)
+    return torch.cat(outs).clamp(-1, 1), steps
+
+
+def configurations(quick: bool):
+    rows = [("ddpm", "DDPM, sigma^2 = beta-tilde", None, dict(variance="fixed_small")),
+            ("ddpm", "DDPM, sigma^2 = beta", None, dict(variance="fixed_large"))]
+    for eta in (0.0, 0.5, 1.0):
+        for steps in ((10, 20, 50) if quick else (10, 20, 50, 100)):
+            rows.append(("ddim", f"DDIM eta={eta:g}", steps, dict(eta=eta)))
+    for steps in (10, 20):
+        rows.append(("dpm++2m", "DPM-Solver++(2M)", steps, {}))
+    for steps in (6, 11):   # Heun: 2 * steps - 1 NFE -> 11 and 21
+        rows.append(("heun", "Heun (EDM)", steps, {}))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="run folder trained with difflab")
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--n", type=int, default=1000, help="samples per row")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help="fewer DDIM step counts")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    run = load_run(args.run)
+    feat, ref, train, test = evaluator(args.dataset, args.data_root)
+    g = torch.Generator().manual_seed(args.seed)
+    floor_idx = torch.randperm(len(train), generator=g)[:args.n]
+    floor = fd_of(feat, ref, train.to_float()[floor_idx])
+    print(f"floor: {args.n} training images vs test: FD {floor:.3f}", flush=True)
+
+    table = []
+    for name, label, steps, opts in configurations(args.quick):
+        t0 = time.perf_counter()
+        images, nfe = ours(run, name, steps, args.n, args.seed, args.batch, **opts)
+        fd = fd_of(feat, ref, images)
+        table.append(dict(sampler=label, impl="difflab", nfe=nfe, fd=fd, seconds=time.perf_counter() - t0))
+        print(json.dumps(table[-1]), flush=True)
+    for kind, label in (("ddim", "diffusers DDIMScheduler (eta 0)"), ("dpm", "diffusers DPMSolverMultistep (2M)")):
+        for steps in (10, 20):
+            t0 = time.perf_counter()
+            images, nfe = diffusers_peer(run, kind, steps, args.n, args.seed, args.batch)
+            fd = fd_of(feat, ref, images)
+            table.append(dict(sampler=label, impl="diffusers", nfe=nfe, fd=fd, seconds=time.perf_counter() - t0))
+            print(json.dumps(table[-1]), flush=True)
+
+    ddpm_best = min(r["fd"] for r in table if r["sampler"].startswith("DDPM"))
+    best10 = min((r for r in table if r["impl"] == "difflab" and r["nfe"] <= 10), key=lambda r: r["fd"])
+    peer10 = min((r for r in table if r["impl"] == "diffusers" and r["nfe"] <= 10), key=lambda r: r["fd"])
+    cmd = "python benchmarks/sampler_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [f"## Sampler quality ({args.dataset})", "",
+             f"Command: `{cmd}`", "",
+             f"Model: `{args.run}` (step {run.step}, {run.weights} weights; prediction {run.diffusion.prediction}, "
+             f"{run.config.diffusion.schedule} schedule, T={run.diffusion.num_timesteps}). "
+             f"Featurizer: `{feat.name}` (difflab's clean classifier, trained on the training split only); "
+             f"reference: the {len(test)}-image test split. {args.n} samples per row, sample i seeded "
+             f"{args.seed} * 2^20 + i (the same starting noise for every row), predicted x_0 clipped to [-1, 1].", "",
+             f"Floor: {args.n} real training images against the test split: FD **{floor:.3f}**.", "",
+             "| sampler | implementation | NFE | FD | FD / floor | seconds |", "|---|---|---|---|---|---|"]
+    for r in sorted(table, key=lambda r: (r["impl"] != "difflab", r["sampler"], r["nfe"])):
+        lines.append(f"| {r['sampler']} | {r['impl']} | {r['nfe']} | {r['fd']:.3f} | {r['fd'] / floor:.2f} | "
+                     f"{r['seconds']:.0f} |")
+    lines += ["", f"Targets: best difflab sampler at <= 10 NFE ({best10['sampler']}, {best10['nfe']} NFE): "
+                  f"FD {best10['fd']:.3f} = {best10['fd'] / ddpm_best:.2f}x the best DDPM-1000 ({ddpm_best:.3f}) "
+                  f"(target <= 1.5x: {'met' if best10['fd'] <= 1.5 * ddpm_best else 'NOT met'}); "
+                  f"best diffusers scheduler at 10 NFE: {peer10['fd']:.3f} "
+                  f"({'ours at least as good' if best10['fd'] <= peer10['fd'] else 'diffusers better'}).", ""]
+    plot = ARTIFACTS / f"sampler_quality_{args.dataset}.png"
+    from difflab.viz import _figure, _save_fig
+    fig = _figure((7, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    labels = sorted({r["sampler"] for r in table})
+    for lab in labels:
+        rs = sorted((r for r in table if r["sampler"] == lab), key=lambda r: r["nfe"])
+        ax.plot([r["nfe"] for r in rs], [r["fd"] for r in rs], marker="o", label=lab)
+    ax.axhline(floor, color="gray", linestyle="--", label="floor (real train vs test)")
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations (NFE)")
+    ax.set_ylabel("Frechet distance to test split")
+    ax.legend(fontsize=7)
+    _save_fig(fig, plot)
+    lines += [f"![sampler quality]({plot.relative_to(RESULTS.parent).as_posix()})", ""]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section(RESULTS, f"## Sampler quality ({args.dataset})", text)
+
+
+def write_section(path: Path, heading: str, text: str) -> None:
+    """Replace (or append) the section that starts with ``heading``."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    lines = old.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+    if start is None:
+        new = old.rstrip() + "\n\n" + text + "\n"
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        new = "\n".join(lines[:start] + text.splitlines() + lines[end:]) + "\n"
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    main()
