@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, RunConfig, save_config
+from ..data import check_batch_size
 from ..data.transforms import random_hflip, uint8_to_float
 from ..rng import randint, randn
 from . import distributed as D
@@ -84,9 +85,25 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warm-up: lr * min(1, (step + 1) / warmup_steps) for the update taking step -> step + 1."""
-    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
+def learning_rate(step: int, lr: float, warmup_steps: int, decay: str = "constant", total_steps: int = 0) -> float:
+    """The learning rate of the update taking ``step`` -> ``step + 1``.
+
+    Linear warm-up ``lr * (step + 1) / warmup_steps`` for the first ``warmup_steps`` updates, then
+    ``constant``, or decayed to 0 at ``total_steps``: ``cosine`` (SGDR, Loshchilov & Hutter 2017,
+    eq. 5 with one cycle) or ``linear``. With a decay, the schedule depends on ``total_steps``:
+    resuming with another ``train.steps`` bends the rest of the curve.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if decay == "constant":
+        return lr
+    span = max(1, total_steps - warmup_steps)
+    frac = min(1.0, (step - warmup_steps) / span)
+    if decay == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+    if decay == "linear":
+        return lr * (1.0 - frac)
+    raise ValueError(f"unknown lr decay {decay!r}; allowed: constant, cosine, linear")
 
 
 class IndexStream:
@@ -173,13 +190,19 @@ def load_training_data(cfg: RunConfig, log: Callable[[str], None]):
     """The dataset named by ``cfg.data``, checked against the model config."""
     from ..data import load_dataset
 
-    d, m = cfg.data, cfg.model
+    d = cfg.data
     ds = load_dataset(d.dataset, root=d.root, split=d.split, image_size=d.image_size, channels=d.channels,
                       download=d.download, labels_from_folders=d.labels and d.dataset == "folder",
                       skip_corrupt=d.skip_corrupt, hflip=d.hflip)
     if ds.skipped:
         log(f"skipped {len(ds.skipped)} unreadable file(s): {', '.join(map(str, ds.skipped[:5]))}"
             + (" ..." if len(ds.skipped) > 5 else ""))
+    return ds
+
+
+def check_dataset(ds, cfg: RunConfig) -> None:
+    """Raise ConfigError unless the images (and labels) fit the model config."""
+    m = cfg.model
     h, w = ds.image_size
     if (h, w) != (m.image_size, m.image_size):
         raise ConfigError(f"the {ds.name} images are {h}x{w} but model.image_size={m.image_size}; "
@@ -187,14 +210,17 @@ def load_training_data(cfg: RunConfig, log: Callable[[str], None]):
     if ds.channels != m.in_channels:
         raise ConfigError(f"the {ds.name} images have {ds.channels} channel(s) but model.in_channels={m.in_channels}; "
                           f"set data.channels={m.in_channels} or model.in_channels={ds.channels}")
-    if d.labels:
+    if cfg.data.labels:
         if ds.labels is None:
             raise ConfigError(f"data.labels=true but {ds.name} has no labels "
                               "(for a folder, put each class's images in its own sub-folder)")
         if ds.num_classes > m.num_classes:
             raise ConfigError(f"{ds.name} has {ds.num_classes} classes but model.num_classes={m.num_classes}; "
                               f"set model.num_classes={ds.num_classes}")
-    return ds
+    try:
+        check_batch_size(ds, cfg.train.batch_size)
+    except ValueError as e:
+        raise ConfigError(f"train.batch_size: {e}") from None
 
 
 # ----------------------------------------------------------------------------- signals
@@ -238,12 +264,14 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str |
     run_dir = Path(run_dir)
     device = resolve_device(tc.device)
     info, created_group = D.init_distributed(device.type)
+    threads = torch.get_num_threads()
     try:
         if info.enabled and device.type == "cuda":
             device = torch.device("cuda", info.local_rank)
             torch.cuda.set_device(device)
         return _train(config, run_dir, device, info, resume, dataset, progress, log if info.is_main else _quiet)
     finally:
+        torch.set_num_threads(threads)
         D.cleanup(created_group)
 
 
@@ -277,8 +305,7 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
                           "folder (--out)")
 
     ds = dataset if dataset is not None else load_training_data(config, log)
-    from ..data import check_batch_size
-    check_batch_size(ds, tc.batch_size)
+    check_dataset(ds, config)
     images = ds.images.to(device)
     labels = ds.labels.to(device) if config.data.labels else None
     hflip = ds.hflip if config.data.hflip is None else config.data.hflip
@@ -339,7 +366,7 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
             b = draw_batch(images, labels, stream, gen, batch_size=tc.batch_size,
                            num_timesteps=diffusion.num_timesteps, hflip=hflip, null_class=null_class,
                            class_dropout=tc.class_dropout, shard=shard)
-            lr = learning_rate(step, tc.lr, tc.warmup_steps)
+            lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.lr_decay, tc.steps)
             for group in opt.param_groups:
                 group["lr"] = lr
             with _autocast(device, tc.mixed_precision):
@@ -431,8 +458,9 @@ def plot_metrics(run_dir: Path) -> Path | None:
     rows = [r for r in rows if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
     if len(rows) < 2:
         return None
+    smooth = min(0.9, max(0.0, 1.0 - 20.0 / len(rows)))   # lighter smoothing for short runs
     return plot_losses([r["step"] for r in rows], [r["loss"] for r in rows], run_dir / "loss.png",
-                       title="training loss")
+                       smooth=smooth, title="training loss")
 
 
 # ----------------------------------------------------------------------------- state (de)serialisation
