@@ -140,7 +140,7 @@ def test_bits_per_dim_bounds_exact_nll():
     gaps = {}
     for variance in ("fixed_large", "fixed_small"):
         d = GaussianDiffusion(make_betas("cosine", 1000), variance=variance)
-        out = d.bits_per_dim(gd := gm.eps_model(d.terms.alphas_cumprod), x, generator=g)
+        out = d.bits_per_dim(gm.eps_model(d.terms.alphas_cumprod), x, generator=g)
         assert out["vb"].shape == (1000, 1000) and out["prior_bpd"].max() < 1e-6
         torch.testing.assert_close(out["total_bpd"], out["vb"].sum(1) + out["prior_bpd"])
         diff = out["total_bpd"] - exact

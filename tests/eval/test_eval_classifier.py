@@ -23,14 +23,6 @@ from difflab.eval.classifier import (
 SMALL = EvalClassifierConfig(image_size=8, widths=(8, 16), feature_dim=32, dropout=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second intra-op thread buys nothing, and on a shared 2-core
-    machine it can make every step 10x slower (threads spin-waiting for a busy core)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

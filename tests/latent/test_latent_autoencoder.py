@@ -11,13 +11,6 @@ from difflab.nn.autoencoder import (AE_PRESETS, AutoencoderConfig, AutoencoderKL
 from difflab.nn.io import load_pretrained, save_pretrained
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny networks run fastest, and predictably, on one thread of a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", sorted(AE_PRESETS))

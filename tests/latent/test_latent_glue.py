@@ -10,13 +10,6 @@ from difflab.nn.autoencoder import AutoencoderKL, get_ae_preset
 from difflab.samplers import ddim_sample
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny networks run fastest, and predictably, on one thread of a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _ae(seed: int = 0) -> AutoencoderKL:

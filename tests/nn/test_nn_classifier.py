@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from _nn_helpers import perturb_, single_thread  # noqa: F401 (autouse fixture)
+from _nn_helpers import perturb_
 from difflab.nn import CLASSIFIER_PRESETS, ClassifierConfig, EncoderClassifier, get_classifier_preset
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from _nn_helpers import full_tiny, inputs, perturb_, single_thread  # noqa: F401 (autouse fixture)
+from _nn_helpers import full_tiny, inputs, perturb_
 from difflab.nn import EncoderClassifier, UNet, get_classifier_preset, get_unet_preset, load_pretrained, save_pretrained
 
 

@@ -1,6 +1,5 @@
 import pytest
 
-from _nn_helpers import single_thread  # noqa: F401 (autouse fixture)
 
 from difflab.nn import (CLASSIFIER_PRESETS, UNET_PRESETS, ClassifierConfig, UNetConfig, get_classifier_preset,
                         get_unet_preset)

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from _nn_helpers import full_tiny, inputs, perturb_, single_thread  # noqa: F401 (autouse fixture)
+from _nn_helpers import full_tiny, inputs
 from difflab.nn import UNET_PRESETS, UNet, UNetConfig, get_unet_preset, timestep_embedding
 from difflab.nn.unet import Dropout
 
