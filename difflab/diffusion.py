@@ -19,8 +19,7 @@ Notation (indices 0-based; index ``t`` is the paper's step ``t + 1``):
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
