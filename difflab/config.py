@@ -32,12 +32,17 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .diffusion import DiffusionConfig
+from .timestep_sampling import TIMESTEP_SAMPLERS
 from .nn.presets import get_unet_preset
 from .nn.unet import UNetConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_DECAYS = ("constant", "cosine", "linear")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+# torch generators take seeds in [0, 2**64); training seeds torch with seed + 1 + rank, and sample i
+# of sample.seed s uses s * 2**20 + i (difflab.train.sampling.SEED_STRIDE), so both are bounded
+MAX_TRAIN_SEED = 2**63 - 1
+MAX_SAMPLE_SEED = 2**43 - 1
 
 
 class ConfigError(ValueError):
@@ -97,6 +102,7 @@ class TrainConfig:
     device: str = "auto"               # auto | cpu | cuda | cuda:N | mps
     class_dropout: float = 0.1         # P(label -> null class), for classifier-free guidance
     max_nonfinite_steps: int = 10      # stop after this many non-finite losses in a row
+    timestep_sampling: str = "uniform"  # uniform | loss_aware (iDDPM sec. 3.3 importance sampling)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -104,6 +110,7 @@ class TrainConfig:
             _require(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "sample_every", "num_threads", "seed"):
             _require(getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}")
+        _require(self.seed <= MAX_TRAIN_SEED, f"train.seed must be in [0, 2**63 - 1], got {self.seed}")
         _require(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be a positive number, got {self.lr}")
         _require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _require(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
@@ -111,6 +118,9 @@ class TrainConfig:
         _require(all(0.0 <= b < 1.0 for b in self.adam_betas), f"train.adam_betas must lie in [0, 1), "
                                                                 f"got {list(self.adam_betas)}")
         _require(0.0 <= self.class_dropout < 1.0, f"train.class_dropout must be in [0, 1), got {self.class_dropout}")
+        _require(self.timestep_sampling in TIMESTEP_SAMPLERS,
+                 f"train.timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLERS)}, "
+                 f"got {self.timestep_sampling!r}")
         _require(self.lr_decay in LR_DECAYS,
                  f"train.lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
         _require(self.mixed_precision in MIXED_PRECISION,
@@ -141,12 +151,13 @@ class SampleConfig:
         _require(self.sampler in SAMPLERS,
                  f"sample.sampler must be one of {', '.join(sorted(SAMPLERS))}, got {self.sampler!r}")
         _require(self.steps >= 1, f"sample.steps must be >= 1, got {self.steps}")
-        _require(self.eta >= 0, f"sample.eta must be >= 0, got {self.eta}")
+        _require(self.eta >= 0 and math.isfinite(self.eta),
+                 f"sample.eta must be a finite number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {self.eta}")
         _require(self.spacing is None or self.spacing in SPACINGS,
                  f"sample.spacing must be null or one of {', '.join(SPACINGS)}, got {self.spacing!r}")
         _require(self.n >= 1, f"sample.n must be >= 1, got {self.n}")
         _require(self.batch_size >= 1, f"sample.batch_size must be >= 1, got {self.batch_size}")
-        _require(self.seed >= 0, f"sample.seed must be >= 0, got {self.seed}")
+        _require(0 <= self.seed <= MAX_SAMPLE_SEED, f"sample.seed must be in [0, 2**43 - 1], got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -429,6 +440,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
     path = key.split(".")
+    if len(path) == 1 and key in SECTIONS:
+        raise ConfigError(f"override {item!r} sets a whole section; name a key inside it, "
+                          f"e.g. {key}.{dataclasses.fields(SECTIONS[key])[0].name}=...")
     if len(path) < 2 or not all(path):
         raise _unknown_key(key)
     return path, value

@@ -42,6 +42,7 @@ from . import distributed as D
 from .checkpoint import (EMA_NAME, MODEL_NAME, CheckpointError, list_checkpoints, load_checkpoint_config,
                          load_state_into, load_training_state, load_weights, read_latest, resolve_checkpoint,
                          save_checkpoint)
+from ..timestep_sampling import make_timestep_sampler
 from .ema import EMA
 from .metrics import MetricsLogger, read_metrics
 from .sampling import sample_images
@@ -142,25 +143,32 @@ class Batch:
     t: torch.Tensor
     noise: torch.Tensor
     y: torch.Tensor | None
+    weights: torch.Tensor | None = None   # importance weights of the timesteps (loss-aware sampling)
+    t_global: torch.Tensor | None = None  # the whole batch's timesteps, for the sampler's loss history
 
 
 def draw_batch(images: torch.Tensor, labels: torch.Tensor | None, stream: IndexStream, gen: torch.Generator, *,
                batch_size: int, num_timesteps: int, hflip: bool, null_class: int | None, class_dropout: float,
-               shard: slice) -> Batch:
+               shard: slice, timestep_sampler=None) -> Batch:
     """The global batch, drawn in a fixed order from ``gen``, then this process's ``shard`` of it."""
     device = images.device
     idx = stream.next(batch_size)
     x_0 = uint8_to_float(images[idx.to(device)])
     if hflip:
         x_0 = random_hflip(x_0, gen)
-    t = randint(num_timesteps, batch_size, gen).to(device)
+    if timestep_sampler is None:
+        t, weights = randint(num_timesteps, batch_size, gen).to(device), None
+    else:
+        t, weights = timestep_sampler.sample(batch_size, gen)
+        t, weights = t.to(device), weights.to(device)
     noise = randn(x_0.shape, gen).to(device)
     y = None
     if labels is not None:
         y = labels[idx.to(device)]
         drop = (torch.rand(batch_size, generator=gen) < class_dropout).to(device)
         y = torch.where(drop, torch.full_like(y, null_class), y)
-    return Batch(x_0[shard], t[shard], noise[shard], None if y is None else y[shard])
+    return Batch(x_0[shard], t[shard], noise[shard], None if y is None else y[shard],
+                 None if weights is None else weights[shard], t)
 
 
 def _autocast(device: torch.device, mode: str):
@@ -320,10 +328,13 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
     scaler = torch.amp.GradScaler("cuda") if tc.mixed_precision == "fp16" else None
     gen = torch.Generator().manual_seed(tc.seed)
     stream = IndexStream(len(ds), gen)
+    # uniform t keeps the original draw (randint from gen); loss-aware sampling has its own state
+    t_sampler = (None if tc.timestep_sampling == "uniform"
+                 else make_timestep_sampler(tc.timestep_sampling, diffusion.num_timesteps))
     torch.manual_seed(tc.seed + 1 + info.rank)
     step, skipped = 0, 0
     if ckpt is not None:
-        step, skipped = _restore(ckpt, model, ema, opt, scaler, gen, stream, info, device, log)
+        step, skipped = _restore(ckpt, model, ema, opt, scaler, gen, stream, info, device, log, t_sampler)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -348,7 +359,7 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
                dynamic_ncols=True, file=sys.stderr)
 
     def checkpoint_now() -> Path | None:
-        state = _training_state(step, skipped, ema, opt, scaler, gen, stream, info, device)
+        state = _training_state(step, skipped, ema, opt, scaler, gen, stream, info, device, t_sampler)
         path = None
         if info.is_main:
             path = save_checkpoint(run_dir, step, model_state=model.state_dict(), ema_state=ema.state_dict(),
@@ -365,13 +376,17 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
                 break
             b = draw_batch(images, labels, stream, gen, batch_size=tc.batch_size,
                            num_timesteps=diffusion.num_timesteps, hflip=hflip, null_class=null_class,
-                           class_dropout=tc.class_dropout, shard=shard)
+                           class_dropout=tc.class_dropout, shard=shard, timestep_sampler=t_sampler)
             lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.lr_decay, tc.steps)
             for group in opt.param_groups:
                 group["lr"] = lr
             with _autocast(device, tc.mixed_precision):
                 kwargs = {} if b.y is None else {"y": b.y}
-                loss = diffusion.training_losses(train_model, b.x_0, b.t, noise=b.noise, model_kwargs=kwargs)["loss"].mean()
+                losses = diffusion.training_losses(train_model, b.x_0, b.t, noise=b.noise, model_kwargs=kwargs)["loss"]
+                loss = (losses if b.weights is None else losses * b.weights).mean()
+            if t_sampler is not None:
+                # iDDPM sec. 3.3: every process records the whole batch's losses, so samplers stay identical
+                t_sampler.update(b.t_global, torch.cat(D.gather_tensors(losses.detach().float(), info)).cpu())
             opt.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler is not None else loss).backward()
             if scaler is not None:
@@ -465,7 +480,7 @@ def plot_metrics(run_dir: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------- state (de)serialisation
 def _training_state(step, skipped, ema: EMA, opt, scaler, gen: torch.Generator, stream: IndexStream,
-                    info: D.DistInfo, device: torch.device) -> dict[str, Any]:
+                    info: D.DistInfo, device: torch.device, t_sampler=None) -> dict[str, Any]:
     """Everything besides the weights needed to continue bit for bit (tensors and plain data only)."""
     state = {
         "format": STATE_FORMAT,
@@ -484,10 +499,13 @@ def _training_state(step, skipped, ema: EMA, opt, scaler, gen: torch.Generator, 
                                                                              info)])
     if scaler is not None:
         state["grad_scaler"] = scaler.state_dict()
+    if t_sampler is not None:
+        state["timestep_sampler"] = t_sampler.state_dict()
     return state
 
 
-def _restore(ckpt: Path, model, ema: EMA, opt, scaler, gen, stream, info: D.DistInfo, device, log) -> tuple[int, int]:
+def _restore(ckpt: Path, model, ema: EMA, opt, scaler, gen, stream, info: D.DistInfo, device, log,
+             t_sampler=None) -> tuple[int, int]:
     state = load_training_state(ckpt)
     load_state_into(model, load_weights(ckpt, MODEL_NAME), ckpt, MODEL_NAME)
     try:
@@ -504,6 +522,8 @@ def _restore(ckpt: Path, model, ema: EMA, opt, scaler, gen, stream, info: D.Dist
                 "dropout masks will differ from an uninterrupted run")
         if scaler is not None and "grad_scaler" in state:
             scaler.load_state_dict(state["grad_scaler"])
+        if t_sampler is not None and "timestep_sampler" in state:
+            t_sampler.load_state_dict(state["timestep_sampler"])
     except (KeyError, ValueError, RuntimeError, IndexError) as e:
         raise CheckpointError(f"checkpoint {ckpt} has an unusable training state ({type(e).__name__}: {e})") from None
     log(f"resuming from {ckpt} (step {state['step']})")

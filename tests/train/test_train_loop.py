@@ -111,6 +111,8 @@ def test_training_reduces_the_loss_and_writes_outputs(tmp_path):
 @pytest.mark.parametrize("overrides", [
     ("model.dropout=0.1", "data.hflip=true"),
     ("model.num_classes=10", "data.labels=true", "train.class_dropout=0.3"),
+    # T=4: the loss history (10 per t) fills within the first steps, so the resumed half draws t by importance
+    ("train.timestep_sampling=loss_aware", "diffusion.num_timesteps=4", "sample.steps=4"),
 ])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, overrides):
     cfg = tiny("train.steps=6", *overrides)
