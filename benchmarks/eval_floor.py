@@ -40,7 +40,7 @@ from difflab.eval import (  # noqa: E402
     train_eval_classifier,
 )
 
-MNIST_DIR = Path("/work/shared/data/mnist")
+MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"   # shared/ beside the repo
 ARTIFACT = ROOT / "benchmarks" / "artifacts" / "eval_classifier_mnist"
 STATS_DIR = ROOT / "benchmarks" / "artifacts" / "eval_stats"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"

@@ -7,8 +7,8 @@ import torch
 # nothing, and on a busy 2-core machine spin-waiting threads made steps up to 10x slower.
 torch.set_num_threads(1)
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
-MNIST_DIR = os.path.abspath(os.path.join(SHARED, "data", "mnist"))
+# The official MNIST files live in shared/ beside the repository (CI clones it there too).
+MNIST_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
 
 
 @pytest.fixture

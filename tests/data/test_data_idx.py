@@ -11,7 +11,7 @@ import torch
 from difflab.data import download_file, load_dataset, md5sum
 from difflab.data.idx import FASHION_MNIST, MNIST, load_idx_split, read_idx
 
-MNIST_DIR = Path("/work/shared/data/mnist")
+MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"   # shared/ beside the repo
 needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="MNIST files not available")
 
 
