@@ -142,7 +142,12 @@ def test_example_config_files_resolve():
 
     files = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.*"))
     assert files
+    from difflab.train.classifier import ClassifierRunConfig, resolve_classifier_config
+
     for f in files:
+        if f.name.startswith("classifier-"):   # noise-aware classifier runs (difflab train-classifier)
+            assert isinstance(resolve_classifier_config(config_file=f), ClassifierRunConfig), f
+            continue
         cfg = resolve_config(config_file=f)
         assert isinstance(cfg, RunConfig), f
     cond = resolve_config(config_file=Path(__file__).resolve().parents[2] / "configs" / "digits-conditional.yaml")
