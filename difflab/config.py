@@ -456,10 +456,13 @@ def apply_overrides(d: Mapping[str, Any], overrides: Iterable[str]) -> dict[str,
         if path[0] not in SECTIONS:
             raise _unknown_key(".".join(path))
         node = out
-        for p in path[:-1]:
+        for i, p in enumerate(path[:-1]):
             nxt = node.get(p)
-            if not isinstance(nxt, dict):
+            if nxt is None:
                 nxt = {}
+            elif not isinstance(nxt, Mapping):   # e.g. a file's `train: 3`: report it, never drop it
+                raise ConfigError(f"cannot apply {item!r}: {'.'.join(path[:i + 1])} is {nxt!r} "
+                                  f"({type(nxt).__name__}), not a mapping of keys to values")
             node[p] = nxt = dict(nxt)
             node = nxt
         node[path[-1]] = value

@@ -17,6 +17,7 @@ Classifier guidance (Dhariwal & Nichol 2021) with a noise-aware classifier p_phi
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -68,6 +69,8 @@ def classifier_free(model, guidance: float, *, uncond: Callable[[dict], dict], c
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown guidance convention {convention!r}; allowed: 'w' (eps = (1+w) c - w u) "
                          "or 'scale' (eps = u + s (c - u))")
+    if not math.isfinite(float(guidance)):
+        raise ValueError(f"guidance must be a finite number, got {guidance}")
     w = float(guidance) if convention == "w" else float(guidance) - 1.0
     if convention == "w" and w < 0:
         raise ValueError(f"guidance weight w must be >= 0 (0 = conditional model), got {guidance}")
@@ -128,8 +131,8 @@ def classifier_guidance(model, classifier, diffusion: GaussianDiffusion, scale: 
     """
     if rule not in CLASSIFIER_RULES:
         raise ValueError(f"unknown classifier-guidance rule {rule!r}; allowed: {', '.join(CLASSIFIER_RULES)}")
-    if scale < 0:
-        raise ValueError(f"classifier guidance scale must be >= 0, got {scale}")
+    if not (math.isfinite(float(scale)) and scale >= 0):
+        raise ValueError(f"classifier guidance scale must be a finite number >= 0, got {scale}")
     index_of = {int(m): i for i, m in enumerate(diffusion.timestep_map)}
 
     def guided(x_t, t, **model_kwargs):

@@ -177,7 +177,8 @@ def space_timesteps(num_timesteps: int, steps: int | Sequence[int] | str, spacin
     elif spacing == "leading":
         ts = np.arange(0, S) * (T // S)
     elif spacing == "trailing":
-        ts = np.round(np.arange(T, 0, -T / S)).astype(np.int64)[::-1] - 1
+        # T - k T/S for k = 0..S-1 (np.arange with the float step -T/S can overshoot to S+1 points)
+        ts = np.round(T - np.arange(S) * (T / S)).astype(np.int64)[::-1] - 1
     elif spacing == "quadratic":
         ts = (np.linspace(0, np.sqrt(T * 0.8), S) ** 2).astype(np.int64)
         # early steps of the parabola round onto the same integer: push each one past its predecessor

@@ -12,7 +12,9 @@
 * Captions: a caption file at the root (``captions.jsonl``, ``metadata.jsonl`` or
   ``captions.csv``; or ``captions_file=...``) maps paths relative to ``root`` to text;
   otherwise a sidecar ``<stem>.txt`` beside the image is used. The file wins where both
-  exist. Paths in the caption file must stay inside ``root`` (no ``..``, not absolute).
+  exist. Paths in the caption file must stay inside ``root`` (no ``..``, not absolute, no
+  symbolic link resolving outside it), and a sidecar that is a symbolic link resolving outside
+  ``root`` is refused: an untrusted folder cannot make difflab read other files as captions.
 * Corrupt or unreadable images raise one ``ValueError`` listing them all, unless
   ``skip_corrupt=True``, which warns with the count and the names and leaves them out.
 """
@@ -207,6 +209,9 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int | None = None,
         if text is None and captions:
             side = p.with_suffix(".txt")
             if side.is_file():
+                if not side.resolve().is_relative_to(root.resolve()):
+                    raise ValueError(f"caption {side} is a symbolic link resolving outside the dataset folder "
+                                     f"{root} ({side.resolve()}); replace it with a regular file")
                 try:
                     text = side.read_text(encoding="utf-8").strip()
                 except (OSError, UnicodeDecodeError) as e:

@@ -88,6 +88,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     if name == FOLDER:
         if root is None:
             raise ValueError("load_dataset('folder') needs root=<folder of images>")
+        if not isinstance(split, str) or split in ("", ".", "..") or any(c in split for c in "/\\\0"):
+            raise ValueError(f"split must be a plain sub-folder name of {root} (e.g. 'train'), got {split!r}")
         folder = Path(root)
         if (folder / split).is_dir():
             folder = folder / split

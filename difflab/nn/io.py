@@ -20,6 +20,7 @@ from .unet import UNet, UNetConfig
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
+_MAX_LISTED = 5   # keys named in a mismatch message
 MODEL_CLASSES: dict[str, tuple[type[nn.Module], type]] = {
     "UNet": (UNet, UNetConfig),
     "EncoderClassifier": (EncoderClassifier, ClassifierConfig),
@@ -92,11 +93,15 @@ def check_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], source:
     unexpected = sorted(set(tensors) - set(expected))
     shapes = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
               for k in sorted(set(expected) & set(tensors)) if tensors[k].shape != expected[k].shape]
+    def some(items: list[str]) -> str:   # a foreign file can differ in hundreds of keys: name a few
+        shown = items[:_MAX_LISTED]
+        return f"{shown}" + (f" (and {len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
     problems = []
     if missing:
-        problems.append(f"missing keys {missing}")
+        problems.append(f"{len(missing)} missing keys {some(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
+        problems.append(f"{len(unexpected)} unexpected keys {some(unexpected)}")
     if shapes:
         problems.append(f"shape mismatches [{'; '.join(shapes)}]")
     if problems:

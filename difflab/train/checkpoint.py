@@ -13,7 +13,18 @@ Layout of a run folder::
 
 A checkpoint is written into ``checkpoints/.tmp-...`` and renamed into place, and only then
 is ``latest`` replaced (write-to-temp + ``os.replace``), so a crash at any moment leaves the
-previous checkpoint and pointer intact. Older checkpoints beyond ``keep`` are then removed.
+previous checkpoint and pointer intact. Older checkpoints beyond ``keep`` are then removed
+(each renamed to ``.del-...`` first, so a crash while deleting never leaves a half-deleted
+``step_*`` folder). If a crash falls between the rename and the pointer update, ``latest`` is
+missing or names the previous checkpoint; :func:`resolve_checkpoint` then uses the newest
+``step_*`` folder, which is complete because it only appears by that final rename.
+
+A failed write (full disk, unwritable folder) raises :class:`CheckpointWriteError` naming the
+checkpoint and the cause, and leaves the previous checkpoint and ``latest`` untouched.
+
+Only ``training_state.pt`` goes through ``torch.load``, always with ``weights_only=True``
+(no code in a pickle can run); weights are read with ``safetensors`` and configs with
+``yaml.safe_load``.
 """
 
 from __future__ import annotations
@@ -41,6 +52,13 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or corrupt."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (full disk, unwritable folder ...); the previous one is intact.
+
+    ``errno`` is that of the underlying ``OSError``; the message names the checkpoint and the cause.
+    """
 
 
 def checkpoint_name(step: int) -> str:
@@ -86,12 +104,35 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[str, torch.Tensor],
                     ema_state: dict[str, torch.Tensor], training_state: dict[str, Any], config: RunConfig,
                     keep: int = 3) -> Path:
-    """Write checkpoint ``step`` atomically, point ``latest`` at it, prune to ``keep``; return its folder."""
+    """Write checkpoint ``step`` atomically, point ``latest`` at it, prune to ``keep``; return its folder.
+
+    Raises :class:`CheckpointWriteError` when the disk is full or the folder unwritable; the
+    previous checkpoint and the ``latest`` pointer are then unchanged."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    final = root / checkpoint_name(step)
+    try:
+        _write_checkpoint(root, final, model_state, ema_state, training_state, config)
+    except OSError as e:
+        try:
+            previous = read_latest(run_dir)
+        except (CheckpointError, OSError):
+            previous = None
+        kept = (f"; the previous checkpoint {previous} is intact" if previous is not None and previous.is_dir()
+                else "; no earlier checkpoint exists")
+        cause = e.strerror or str(e) or type(e).__name__
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        err = CheckpointWriteError(f"could not write checkpoint {final.name} in {root}: {cause}{where}{kept}")
+        err.errno = e.errno
+        raise err from e
+    prune_checkpoints(run_dir, keep)
+    return final
+
+
+def _write_checkpoint(root: Path, final: Path, model_state, ema_state, training_state, config) -> None:
     from safetensors.torch import save_file
 
-    root = Path(run_dir) / CHECKPOINTS_DIR
+    step = int(_STEP_RE.match(final.name).group(1))
     root.mkdir(parents=True, exist_ok=True)
-    final = root / checkpoint_name(step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -106,6 +147,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[
             _fsync_file(tmp / name)
         _fsync_dir(tmp)
         if final.exists():   # re-saving a step (e.g. after a resume): move the old copy aside first
+            _repoint_latest_away_from(root, final)   # so no crash leaves `latest` naming a missing folder
             old = root / f".old-{final.name}-{os.getpid()}"
             os.replace(final, old)
             os.replace(tmp, final)
@@ -118,8 +160,22 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[
         raise
     _write_text_atomic(root / LATEST_NAME, final.name + "\n")
     _fsync_dir(root)
-    prune_checkpoints(run_dir, keep)
-    return final
+
+
+def _repoint_latest_away_from(root: Path, final: Path) -> None:
+    """If ``latest`` names ``final`` (about to be replaced), point it at the newest other checkpoint."""
+    pointer = root / LATEST_NAME
+    try:
+        if not pointer.is_file() or pointer.read_text(encoding="utf-8").strip() != final.name:
+            return
+    except (OSError, UnicodeDecodeError):
+        return
+    others = [p for p in list_checkpoints(root.parent) if p != final]
+    if others:
+        _write_text_atomic(pointer, others[-1].name + "\n")
+    else:
+        pointer.unlink()   # no other checkpoint: better none than one naming a missing folder
+    _fsync_dir(root)
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
@@ -129,10 +185,20 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
     ckpts = [p for p in list_checkpoints(run_dir) if p != latest]
     excess = len(ckpts) + (latest is not None) - max(1, keep)
     for p in ckpts[:max(0, excess)]:
-        shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(".tmp-*"):
-        if not p.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(p, ignore_errors=True)
+        doomed = root / f".del-{p.name}-{os.getpid()}"
+        try:
+            os.replace(p, doomed)   # atomic: a crash mid-delete leaves no half-deleted step_* folder
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+    # leftovers of a crashed writer (another process id): temp folders, set-aside and doomed copies
+    for pattern in (".tmp-*", ".old-*", ".del-*"):
+        for p in root.glob(pattern):
+            if not p.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(f".{LATEST_NAME}.tmp*"):
+        if p.name != f".{LATEST_NAME}.tmp{os.getpid()}":
+            p.unlink(missing_ok=True)
 
 
 def read_latest(run_dir: str | os.PathLike) -> Path | None:
@@ -157,6 +223,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     run_dir = p.parent if p.name == CHECKPOINTS_DIR and (p / LATEST_NAME).exists() else p
     if (run_dir / CHECKPOINTS_DIR).is_dir():
         latest = read_latest(run_dir)
+        if latest is None and list_checkpoints(run_dir):
+            # a crash between renaming a checkpoint into place and writing the pointer: step_*
+            # folders only appear by that final rename, so the newest one is complete
+            return list_checkpoints(run_dir)[-1]
         if latest is None:
             raise CheckpointError(f"{run_dir} has no finished checkpoint yet ({run_dir / CHECKPOINTS_DIR / LATEST_NAME} "
                                   "is missing)")
@@ -164,6 +234,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             raise CheckpointError(f"{run_dir / CHECKPOINTS_DIR / LATEST_NAME} names {latest.name}, which does not exist"
                                   + _earlier_hint(run_dir, latest))
         return latest
+    if (p / CONFIG_NAME).is_file():   # a run folder whose first checkpoint was never finished
+        raise CheckpointError(f"{p} has no finished checkpoint yet (no {CHECKPOINTS_DIR}/step_* folder); "
+                              "start the run again without --resume")
     raise CheckpointError(f"{p} is neither a run folder (with {CHECKPOINTS_DIR}/) nor a checkpoint folder "
                           f"(with {MODEL_NAME})")
 

@@ -35,12 +35,17 @@ class MetricsLogger:
         self.jsonl = self.run_dir / METRICS_JSONL
         self.csv = self.run_dir / METRICS_CSV
         rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step] if resume_step else []
-        with open(self.jsonl, "w", encoding="utf-8") as f:
+        # rewritten via a temp file + os.replace: a crash here never loses the rows logged so far
+        tmp = self.jsonl.with_name(f".{METRICS_JSONL}.tmp{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-        with open(self.csv, "w", newline="", encoding="utf-8") as f:
+        os.replace(tmp, self.jsonl)
+        tmp = self.csv.with_name(f".{METRICS_CSV}.tmp{os.getpid()}")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
+        os.replace(tmp, self.csv)
         self.tb = None
         if tensorboard:
             try:

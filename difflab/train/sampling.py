@@ -7,6 +7,8 @@ not depend on how many are drawn or on the batch size.
 
 from __future__ import annotations
 
+import math
+
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -101,7 +103,7 @@ class GuidanceOptions:
 
         if self.convention not in CONVENTIONS:
             raise ValueError(f"guidance convention must be one of {', '.join(CONVENTIONS)}, got {self.convention!r}")
-        if self.guidance_scale is not None and self.guidance_scale < 0:
+        if self.guidance_scale is not None and not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
             raise ValueError(f"guidance scale must be >= 0, got {self.guidance_scale}")
         if not 0.0 <= self.rescale <= 1.0:
             raise ValueError(f"guidance rescale must lie in [0, 1], got {self.rescale}")
