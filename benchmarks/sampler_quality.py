@@ -91,7 +91,10 @@ def diffusers_peer(run, kind: str, steps: int, n: int, seed: int, batch: int):
     if kind == "ddim":
         sched = DDIMScheduler(clip_sample=True, set_alpha_to_one=True, **common)
     else:
-        sched = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **common)
+        # thresholding with sample_max_value=1 clips pred_x0 to [-1, 1], as clip_sample does for DDIM and
+        # clip_denoised for ours (without it diffusers' DPM-Solver diverges on this cosine-schedule model)
+        sched = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, thresholding=True,
+                                            sample_max_value=1.0, **common)
     shape = (run.config.model.in_channels, run.config.model.image_size, run.config.model.image_size)
     outs = []
     for start in range(0, n, batch):
@@ -131,6 +134,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="fewer DDIM step counts")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
+    ap.add_argument("--only", default=None, help="re-measure only rows whose label contains this text; the other "
+                                                 "rows come from the previous run's JSON")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,14 +147,20 @@ def main(argv=None):
     floor = fd_of(feat, ref, train.to_float()[floor_idx])
     print(f"floor: {args.n} training images vs test: FD {floor:.3f}", flush=True)
 
-    table = []
+    stored = ARTIFACTS / f"sampler_quality_{args.dataset}.json"
+    wanted = (lambda label: args.only in label) if args.only else (lambda label: True)
+    table = [r for r in json.loads(stored.read_text()) if not wanted(r["sampler"])] if args.only else []
     for name, label, steps, opts in configurations(args.quick):
+        if not wanted(label):
+            continue
         t0 = time.perf_counter()
         images, nfe = ours(run, name, steps, args.n, args.seed, args.batch, **opts)
         fd = fd_of(feat, ref, images)
         table.append(dict(sampler=label, impl="difflab", nfe=nfe, fd=fd, seconds=time.perf_counter() - t0))
         print(json.dumps(table[-1]), flush=True)
     for kind, label in (("ddim", "diffusers DDIMScheduler (eta 0)"), ("dpm", "diffusers DPMSolverMultistep (2M)")):
+        if not wanted(label):
+            continue
         for steps in (10, 20):
             t0 = time.perf_counter()
             images, nfe = diffusers_peer(run, kind, steps, args.n, args.seed, args.batch)
@@ -157,10 +168,15 @@ def main(argv=None):
             table.append(dict(sampler=label, impl="diffusers", nfe=nfe, fd=fd, seconds=time.perf_counter() - t0))
             print(json.dumps(table[-1]), flush=True)
 
+    stored.write_text(json.dumps(table, indent=1))
     ddpm_best = min(r["fd"] for r in table if r["sampler"].startswith("DDPM"))
     best10 = min((r for r in table if r["impl"] == "difflab" and r["nfe"] <= 10), key=lambda r: r["fd"])
     peer10 = min((r for r in table if r["impl"] == "diffusers" and r["nfe"] <= 10), key=lambda r: r["fd"])
-    cmd = "python benchmarks/sampler_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    argv_ = list(argv if argv is not None else sys.argv[1:])
+    if "--only" in argv_:   # the table is the full run's; --only re-measured some rows of it
+        i = argv_.index("--only")
+        argv_ = argv_[:i] + argv_[i + 2:]
+    cmd = "python benchmarks/sampler_quality.py " + " ".join(argv_)
     lines = [f"## Sampler quality ({args.dataset})", "",
              f"Command: `{cmd}`", "",
              f"Model: `{args.run}` (step {run.step}, {run.weights} weights; prediction {run.diffusion.prediction}, "

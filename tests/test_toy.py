@@ -36,3 +36,14 @@ def test_run_toy_writes_plots(tmp_path):
     paths = run_toy(tmp_path, "two_moons", steps=30, n=200, sample_steps=5, progress=False)
     for p in paths.values():
         assert p.exists() and p.stat().st_size > 1000
+
+
+def test_toy_cli(tmp_path, capsys):
+    from difflab.cli import main
+
+    assert main(["toy", "--dataset", "eight_gaussians", "--steps", "20", "-n", "100", "--sample-steps", "5",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "samples.png" in out and (tmp_path / "samples.png").is_file()
+    assert main(["toy", "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert "difflab: error:" in capsys.readouterr().err

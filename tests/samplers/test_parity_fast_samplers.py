@@ -151,7 +151,7 @@ def test_heun_matches_diffusers_on_integer_timesteps(prediction, steps):
     sched.set_timesteps(timesteps=timesteps)
     x_T = _x_T()
     expected = diffusers_heun_loop(sched, x_T)
-    out = heun_sample(smooth_model, diffusion, x_T, steps=steps, spacing="linspace")
+    out = heun_sample(smooth_model, diffusion, x_T, steps=steps, spacing="linspace", sigma_max=None)
     assert out.timesteps == timesteps
     assert out.nfe == 2 * steps - 1 == len(sched.timesteps)
     torch.testing.assert_close(out.sample, expected, rtol=1e-5, atol=1e-5)
@@ -163,7 +163,8 @@ def test_heun_clip_matches_diffusers():
     sched.set_timesteps(timesteps=[999, 749, 499, 249, 0])
     x_T = _x_T()
     expected = diffusers_heun_loop(sched, x_T)
-    out = heun_sample(smooth_model, diffusion, x_T, steps=[0, 249, 499, 749, 999], clip_denoised=True)
+    out = heun_sample(smooth_model, diffusion, x_T, steps=[0, 249, 499, 749, 999], clip_denoised=True,
+                      sigma_max=None)
     torch.testing.assert_close(out.sample, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -178,7 +179,7 @@ def test_heun_karras_sigmas_match_diffusers_with_fractional_timesteps(prediction
     seen = []
     expected = diffusers_heun_loop(sched, x_T)
     out = heun_sample(lambda x, t: (seen.append(t), smooth_model(x, t))[1], diffusion, x_T, steps=steps,
-                      sigma_schedule="karras")
+                      sigma_schedule="karras", sigma_max=None)
     assert out.nfe == len(seen) == 2 * steps - 1
     assert all(t.dtype == x_T.dtype for t in seen)
     assert any(float(t[0]) != round(float(t[0])) for t in seen)  # really fractional
@@ -230,7 +231,7 @@ def test_heun_linspace_differs_from_diffusers_by_design():
     x_T = _x_T()
     seen = []
     out = heun_sample(lambda x, t: (seen.append(t), smooth_model(x, t))[1], diffusion, x_T, steps=steps,
-                      spacing="linspace")
+                      spacing="linspace", sigma_max=None)
     assert all(t.dtype == torch.long for t in seen)
     assert out.timesteps == [round(t) for t in theirs]
     assert (out.sample - diffusers_heun_loop(sched, x_T)).abs().max() > 1e-3
@@ -326,3 +327,20 @@ def test_moment_check_rejects_a_one_step_sampler(exact_setup):
     diffusion, model, x_T = exact_setup
     out = dpm_solver_pp_sample(model, diffusion, x_T, steps=1)
     assert not _moments_ok(out.sample)[0]
+
+
+def test_heun_sigma_max_caps_the_first_level():
+    # the cosine schedule's last level has sigma ~2e4; the default cap starts at the noisiest level <= 80
+    diffusion = GaussianDiffusion(make_betas("cosine", 1000))
+    seen = []
+    x_T = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    heun_sample(lambda x, t: (seen.append(int(t[0])), torch.zeros_like(x))[1], diffusion, x_T, steps=5)
+    abar = diffusion.terms.alphas_cumprod
+    sig = ((1 - abar) / abar) ** 0.5
+    assert sig[seen[0]] <= 80 < sig[seen[0] + 1]
+    seen.clear()
+    heun_sample(lambda x, t: (seen.append(int(t[0])), torch.zeros_like(x))[1], diffusion, x_T, steps=5,
+                sigma_max=None)
+    assert seen[0] == 999
+    with pytest.raises(ValueError, match="sigma_max"):
+        heun_sample(lambda x, t: x, diffusion, x_T, steps=5, sigma_max=0.0)
