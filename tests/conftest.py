@@ -16,3 +16,9 @@ def mnist_dir():
     if not os.path.isdir(MNIST_DIR):
         pytest.skip("MNIST files not found beside the repository (../shared/data/mnist)")
     return MNIST_DIR
+
+# Property tests draw the same examples on every run, so CI results are reproducible.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("difflab", derandomize=True, deadline=None)
+settings.load_profile("difflab")

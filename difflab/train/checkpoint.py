@@ -34,7 +34,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -108,10 +108,32 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[
 
     Raises :class:`CheckpointWriteError` when the disk is full or the folder unwritable; the
     previous checkpoint and the ``latest`` pointer are then unchanged."""
+    from safetensors.torch import save_file
+
+    meta = {"step": str(step)}
+    return save_checkpoint_files(run_dir, step, {
+        MODEL_NAME: lambda path: save_file(_cpu(model_state), str(path), metadata=meta),
+        EMA_NAME: lambda path: save_file(_cpu(ema_state), str(path), metadata=meta),
+        STATE_NAME: lambda path: torch.save(training_state, path),
+        CONFIG_NAME: lambda path: save_config(config, path),
+    }, keep=keep)
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_checkpoint_files(run_dir: str | os.PathLike, step: int, writers: dict[str, Callable[[Path], None]], *,
+                          keep: int) -> Path:
+    """The one atomic checkpoint writer: ``writers[name](path)`` writes each file of the folder.
+
+    The files go into a temporary folder, are fsynced, and the folder is renamed into place
+    before ``latest`` points at it, so a crash at any moment leaves the last complete checkpoint.
+    """
     root = Path(run_dir) / CHECKPOINTS_DIR
     final = root / checkpoint_name(step)
     try:
-        _write_checkpoint(root, final, model_state, ema_state, training_state, config)
+        _write_checkpoint(root, final, writers)
     except OSError as e:
         try:
             previous = read_latest(run_dir)
@@ -128,22 +150,16 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[
     return final
 
 
-def _write_checkpoint(root: Path, final: Path, model_state, ema_state, training_state, config) -> None:
-    from safetensors.torch import save_file
-
-    step = int(_STEP_RE.match(final.name).group(1))
+def _write_checkpoint(root: Path, final: Path, writers: dict[str, Callable[[Path], None]]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        cpu = lambda sd: {k: v.detach().cpu().contiguous() for k, v in sd.items()}  # noqa: E731
-        save_file(cpu(model_state), str(tmp / MODEL_NAME), metadata={"step": str(step)})
-        save_file(cpu(ema_state), str(tmp / EMA_NAME), metadata={"step": str(step)})
-        torch.save(training_state, tmp / STATE_NAME)
-        save_config(config, tmp / CONFIG_NAME)
-        for name in CHECKPOINT_FILES:
+        for name, write in writers.items():
+            write(tmp / name)
+        for name in writers:
             _fsync_file(tmp / name)
         _fsync_dir(tmp)
         if final.exists():   # re-saving a step (e.g. after a resume): move the old copy aside first

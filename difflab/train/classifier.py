@@ -28,7 +28,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import typing
@@ -47,10 +46,10 @@ from ..diffusion import DiffusionConfig
 from ..nn.classifier import ClassifierConfig, EncoderClassifier
 from ..nn.presets import get_classifier_preset
 from ..rng import randint, randn
-from .checkpoint import (CHECKPOINTS_DIR, MODEL_NAME, STATE_NAME, CheckpointError, _corrupt, _fsync_dir, _fsync_file,
-                         _write_text_atomic, checkpoint_name, list_checkpoints, load_checkpoint_config,
-                         load_state_into, load_training_state, load_weights, prune_checkpoints, read_latest,
-                         resolve_checkpoint)
+from .checkpoint import (MODEL_NAME, STATE_NAME, CheckpointError, _corrupt, _write_text_atomic,
+                         list_checkpoints, load_checkpoint_config, load_state_into,
+                         load_training_state, load_weights, read_latest, resolve_checkpoint,
+                         save_checkpoint_files)
 from .loop import IndexStream, _StopRequest, _stderr_log, plot_metrics, resolve_device
 from .metrics import MetricsLogger
 
@@ -224,39 +223,15 @@ def load_classifier_config(path: str | os.PathLike) -> ClassifierRunConfig:
 # ----------------------------------------------------------------------------- checkpoints
 def save_classifier_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[str, torch.Tensor],
                                training_state: dict[str, Any], config: ClassifierRunConfig, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` into a temp folder, rename it into place, then point ``latest`` at it."""
+    """Write checkpoint ``step`` atomically (the same writer as diffusion runs), point ``latest`` at it."""
     from safetensors.torch import save_file
 
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / MODEL_NAME),
-                  metadata={"step": str(step)})
-        torch.save(training_state, tmp / STATE_NAME)
-        save_classifier_config(config, tmp / CLASSIFIER_CONFIG_NAME)
-        for name in (MODEL_NAME, STATE_NAME, CLASSIFIER_CONFIG_NAME):
-            _fsync_file(tmp / name)
-        _fsync_dir(tmp)
-        if final.exists():
-            old = root / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _write_text_atomic(root / "latest", final.name + "\n")
-    _fsync_dir(root)
-    prune_checkpoints(run_dir, keep)
-    return final
+    state = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+    return save_checkpoint_files(run_dir, step, {
+        MODEL_NAME: lambda path: save_file(state, str(path), metadata={"step": str(step)}),
+        STATE_NAME: lambda path: torch.save(training_state, path),
+        CLASSIFIER_CONFIG_NAME: lambda path: save_classifier_config(config, path),
+    }, keep=keep)
 
 
 @dataclass
