@@ -27,7 +27,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -362,8 +362,14 @@ def _coerce(value: Any, tp, key: str) -> Any:
 
 
 def section_from_dict(name: str, d: Any):
-    """Build section ``name`` from a mapping, checking keys and types."""
-    cls = SECTIONS[name]
+    """Build section ``name`` of a run config from a mapping, checking keys and types."""
+    return build_section(SECTIONS[name], name, d, _unknown_key)
+
+
+def build_section(cls: type, name: str, d: Any, unknown_key: Callable[[str], ConfigError]):
+    """A config section dataclass ``cls`` from a mapping: every key must be a field
+    (``unknown_key("section.key")`` builds the error otherwise) and every value is coerced
+    to the field's annotation; the dataclass's own checks become ConfigErrors."""
     if not isinstance(d, Mapping):
         raise ConfigError(f"config section {name!r} must be a mapping of keys to values, got {d!r}")
     hints = typing.get_type_hints(cls)
@@ -371,7 +377,7 @@ def section_from_dict(name: str, d: Any):
     kwargs = {}
     for k, v in d.items():
         if k not in names:
-            raise _unknown_key(f"{name}.{k}")
+            raise unknown_key(f"{name}.{k}")
         kwargs[k] = _coerce(v, hints[k], f"{name}.{k}")
     try:
         return cls(**kwargs)

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from difflab.cli import main
 from difflab.config import SampleConfig
@@ -15,17 +14,7 @@ from difflab.nn.classifier import EncoderClassifier
 from difflab.train import GuidanceOptions, build_guided_model, load_classifier, load_run, sample_images
 from difflab.train.classifier import LoadedClassifier, resolve_classifier_config, save_classifier_checkpoint
 
-TINY = ["--preset", "tiny", "--no-progress", "--set", "train.num_threads=1"]
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def png(path) -> np.ndarray:
-    return np.asarray(Image.open(path))
+from _cli_helpers import TINY, png, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

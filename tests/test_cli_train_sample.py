@@ -16,17 +16,7 @@ from safetensors.torch import load_file
 from difflab.cli import COMMANDS, main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "tiny", "--no-progress", "--set", "train.num_threads=1"]
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def png(path) -> np.ndarray:
-    return np.asarray(Image.open(path))
+from _cli_helpers import TINY, png, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

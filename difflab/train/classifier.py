@@ -25,12 +25,12 @@ Layout of a classifier run folder (the checkpoint helpers of ``difflab.train.che
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, DataConfig, _coerce, apply_overrides, merge, read_config_file
+from ..config import ConfigError, DataConfig, apply_overrides, build_section, merge, read_config_file
 from ..data.transforms import random_hflip, uint8_to_float
 from ..diffusion import DiffusionConfig
 from ..nn.classifier import ClassifierConfig, EncoderClassifier
@@ -127,26 +127,15 @@ class ClassifierRunConfig:
         unknown = sorted(set(d) - set(CLASSIFIER_SECTIONS))
         if unknown:
             raise ConfigError(f"unknown classifier config section(s) {unknown}; allowed: {', '.join(CLASSIFIER_SECTIONS)}")
-        sections = {}
-        for name, section_cls in CLASSIFIER_SECTIONS.items():
-            values = d.get(name, {}) or {}
-            if not isinstance(values, Mapping):
-                raise ConfigError(f"classifier config section {name!r} must be a mapping, got {values!r}")
-            hints = typing.get_type_hints(section_cls)
-            names = {f.name for f in dataclasses.fields(section_cls)}
-            kwargs = {}
-            for k, v in values.items():
-                if k not in names:
-                    raise ConfigError(f"unknown classifier config key '{name}.{k}'; allowed in {name}: "
-                                      f"{', '.join(sorted(names))}")
-                kwargs[k] = _coerce(v, hints[k], f"{name}.{k}")
-            try:
-                sections[name] = section_cls(**kwargs)
-            except ConfigError:
-                raise
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{name}: {e}") from None
-        return cls(**sections)
+        def unknown_key(key: str) -> ConfigError:
+            section = key.split(".", 1)[0]
+            names = sorted(f.name for f in dataclasses.fields(CLASSIFIER_SECTIONS[section]))
+            close = difflib.get_close_matches(key.split(".", 1)[1], names, n=1, cutoff=0.6)
+            hint = f"; did you mean '{section}.{close[0]}'?" if close else f"; allowed in {section}: {', '.join(names)}"
+            return ConfigError(f"unknown classifier config key {key!r}{hint}")
+
+        return cls(**{name: build_section(section_cls, name, d.get(name, {}) or {}, unknown_key)
+                      for name, section_cls in CLASSIFIER_SECTIONS.items()})
 
 
 CLASSIFIER_SECTIONS: dict[str, type] = {"model": ClassifierConfig, "diffusion": DiffusionConfig, "data": DataConfig,
