@@ -58,3 +58,17 @@ def _positive(args, *names: str) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
 
 
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags every training command shares; they set data.root and train.steps/device/seed."""
+    p.add_argument("--data-root", metavar="DIR", help="folder with the dataset's files (sets data.root)")
+    p.add_argument("--steps", type=int, help="total training steps (sets train.steps)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (sets train.device)")
+    p.add_argument("--seed", type=int, help="sets train.seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _report_interrupted(result, total_steps: int, took: str, command: str, run_dir) -> int:
+    """Say where an interrupted run's checkpoint is and how to resume; exit code 130."""
+    _say(f"interrupted at step {result.step} of {total_steps} after {took}; checkpoint saved to {result.checkpoint}")
+    _say(f"resume with: {PROG} {command} --out {run_dir} --resume")
+    return 130

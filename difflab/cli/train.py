@@ -10,8 +10,10 @@ from .common import (
     PROG,
     UsageError,
     _add_config_arguments,
+    _add_run_flags,
     _config_from_args,
     _format_duration,
+    _report_interrupted,
     _say,
 )
 
@@ -22,16 +24,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue the run in --out from its latest checkpoint (or from CHECKPOINT) with its saved "
                         "config; --set/--steps may still change train/data/sample settings")
-    p.add_argument("--data-root", metavar="DIR", help="folder with the dataset's files (sets data.root)")
-    p.add_argument("--steps", type=int, help="total training steps (sets train.steps)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (sets train.device)")
-    p.add_argument("--seed", type=int, help="sets train.seed")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_flags(p)
 
 
 def run_train(args) -> int:
-    from ..train.checkpoint import load_checkpoint_config, resolve_checkpoint
     from ..train import train
+    from ..train.checkpoint import load_checkpoint_config, resolve_checkpoint
 
     extra: dict = {}
     if args.data_root is not None:
@@ -61,10 +59,7 @@ def run_train(args) -> int:
     result = train(cfg, run_dir, resume=resume, progress=not args.no_progress)
     took = _format_duration(time.perf_counter() - t0)
     if result.interrupted:
-        _say(f"interrupted at step {result.step} of {cfg.train.steps} after {took}; checkpoint saved to "
-             f"{result.checkpoint}")
-        _say(f"resume with: {PROG} train --out {run_dir} --resume")
-        return 130
+        return _report_interrupted(result, cfg.train.steps, took, "train", run_dir)
     _say(f"done: {result.step} steps in {took}" + (f" ({result.skipped_steps} non-finite steps skipped)"
                                                     if result.skipped_steps else ""))
     for label, path in (("checkpoint", result.checkpoint), ("samples", result.samples),

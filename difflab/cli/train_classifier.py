@@ -6,7 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import PROG, UsageError, _format_duration, _say
+from .common import (
+    PROG,
+    UsageError,
+    _add_run_flags,
+    _format_duration,
+    _report_interrupted,
+    _say,
+)
 
 
 def add_train_classifier_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,11 +28,7 @@ def add_train_classifier_arguments(p: argparse.ArgumentParser) -> None:
                                                             "shape and data are used (recommended)")
     p.add_argument("--out", metavar="RUN_DIR", help="classifier run folder (default: runs/classifier-<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--data-root", metavar="DIR", help="folder with the dataset's files (sets data.root)")
-    p.add_argument("--steps", type=int, help="total training steps (sets train.steps)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (sets train.device)")
-    p.add_argument("--seed", type=int, help="sets train.seed")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_flags(p)
 
 
 def run_train_classifier(args) -> int:
@@ -58,10 +61,7 @@ def run_train_classifier(args) -> int:
     result = train_classifier(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     took = _format_duration(time.perf_counter() - t0)
     if result.interrupted:
-        _say(f"interrupted at step {result.step} of {cfg.train.steps} after {took}; checkpoint saved to "
-             f"{result.checkpoint}")
-        _say(f"resume with: {PROG} train-classifier --out {run_dir} --resume")
-        return 130
+        return _report_interrupted(result, cfg.train.steps, took, "train-classifier", run_dir)
     _say(f"done: {result.step} steps in {took}")
     if result.accuracy_md is not None:
         _say(result.accuracy_md.read_text(encoding="utf-8").rstrip())

@@ -40,17 +40,42 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, DataConfig, apply_overrides, build_section, merge, read_config_file
+from ..config import (
+    ConfigError,
+    DataConfig,
+    apply_overrides,
+    build_section,
+    merge,
+    read_config_file,
+)
 from ..data.transforms import random_hflip, uint8_to_float
 from ..diffusion import DiffusionConfig
 from ..nn.classifier import ClassifierConfig, EncoderClassifier
 from ..nn.presets import get_classifier_preset
 from ..rng import randint, randn
-from .checkpoint import (MODEL_NAME, STATE_NAME, CheckpointError, _corrupt, _write_text_atomic,
-                         list_checkpoints, load_checkpoint_config, load_state_into,
-                         load_training_state, load_weights, read_latest, resolve_checkpoint,
-                         save_checkpoint_files)
-from .loop import IndexStream, _StopRequest, _stderr_log, plot_metrics, resolve_device
+from .checkpoint import (
+    MODEL_NAME,
+    STATE_NAME,
+    CheckpointError,
+    _corrupt,
+    _write_text_atomic,
+    list_checkpoints,
+    load_checkpoint_config,
+    load_state_into,
+    load_training_state,
+    load_weights,
+    read_latest,
+    resolve_checkpoint,
+    save_checkpoint_files,
+)
+from .loop import (
+    IndexStream,
+    _stderr_log,
+    _StopRequest,
+    check_images_fit,
+    plot_metrics,
+    resolve_device,
+)
 from .metrics import MetricsLogger
 
 CLASSIFIER_CONFIG_NAME = "classifier.yaml"
@@ -335,17 +360,7 @@ def _load_data(cfg: ClassifierRunConfig, split: str, log):
     ds = load_dataset(d.dataset, root=d.root, split=split, image_size=d.image_size, channels=d.channels,
                       download=d.download, labels_from_folders=d.dataset == "folder", skip_corrupt=d.skip_corrupt,
                       hflip=d.hflip)
-    m = cfg.model
-    if ds.image_size != (m.image_size, m.image_size) or ds.channels != m.in_channels:
-        raise ConfigError(f"the {ds.name} images are {ds.channels}x{ds.image_size[0]}x{ds.image_size[1]} but the "
-                          f"classifier takes {m.in_channels}x{m.image_size}x{m.image_size}; set data.image_size / "
-                          "data.channels or model.image_size / model.in_channels")
-    if ds.labels is None:
-        raise ConfigError(f"{ds.name} ({split}) has no labels: a classifier needs them "
-                          "(for a folder, put each class's images in its own sub-folder)")
-    if ds.num_classes > m.num_classes:
-        raise ConfigError(f"{ds.name} has {ds.num_classes} classes but model.num_classes={m.num_classes}; "
-                          f"set model.num_classes={ds.num_classes}")
+    check_images_fit(ds, cfg.model, labels_needed_by="a classifier needs labels")
     return ds
 
 

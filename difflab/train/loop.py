@@ -38,11 +38,21 @@ from ..config import ConfigError, RunConfig, save_config
 from ..data import check_batch_size
 from ..data.transforms import random_hflip, uint8_to_float
 from ..rng import randint, randn
-from . import distributed as D
-from .checkpoint import (EMA_NAME, MODEL_NAME, CheckpointError, list_checkpoints, load_checkpoint_config,
-                         load_state_into, load_training_state, load_weights, read_latest, resolve_checkpoint,
-                         save_checkpoint)
 from ..timestep_sampling import make_timestep_sampler
+from . import distributed as D
+from .checkpoint import (
+    EMA_NAME,
+    MODEL_NAME,
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint_config,
+    load_state_into,
+    load_training_state,
+    load_weights,
+    read_latest,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .ema import EMA
 from .metrics import MetricsLogger, read_metrics
 from .sampling import sample_images
@@ -208,9 +218,9 @@ def load_training_data(cfg: RunConfig, log: Callable[[str], None]):
     return ds
 
 
-def check_dataset(ds, cfg: RunConfig) -> None:
-    """Raise ConfigError unless the images (and labels) fit the model config."""
-    m = cfg.model
+def check_images_fit(ds, m, *, labels_needed_by: str | None) -> None:
+    """Raise ConfigError unless the images fit model config ``m`` (image_size, in_channels) and,
+    when ``labels_needed_by`` names who needs them, the dataset has labels that fit m.num_classes."""
     h, w = ds.image_size
     if (h, w) != (m.image_size, m.image_size):
         raise ConfigError(f"the {ds.name} images are {h}x{w} but model.image_size={m.image_size}; "
@@ -218,13 +228,18 @@ def check_dataset(ds, cfg: RunConfig) -> None:
     if ds.channels != m.in_channels:
         raise ConfigError(f"the {ds.name} images have {ds.channels} channel(s) but model.in_channels={m.in_channels}; "
                           f"set data.channels={m.in_channels} or model.in_channels={ds.channels}")
-    if cfg.data.labels:
+    if labels_needed_by is not None:
         if ds.labels is None:
-            raise ConfigError(f"data.labels=true but {ds.name} has no labels "
+            raise ConfigError(f"{labels_needed_by} but {ds.name} has no labels "
                               "(for a folder, put each class's images in its own sub-folder)")
         if ds.num_classes > m.num_classes:
             raise ConfigError(f"{ds.name} has {ds.num_classes} classes but model.num_classes={m.num_classes}; "
                               f"set model.num_classes={ds.num_classes}")
+
+
+def check_dataset(ds, cfg: RunConfig) -> None:
+    """Raise ConfigError unless the images (and labels) fit the model config and the batch size."""
+    check_images_fit(ds, cfg.model, labels_needed_by="data.labels=true" if cfg.data.labels else None)
     try:
         check_batch_size(ds, cfg.train.batch_size)
     except ValueError as e:
