@@ -15,18 +15,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from difflab.cli import build_parser, main
-from difflab.config import resolve_config
-from difflab.train import train
 
 TINY = ["--preset", "tiny", "--no-progress", "--set", "train.num_threads=1"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("bad") / "run"
-    cfg = resolve_config("tiny", overrides=["train.num_threads=1", "train.steps=2", "sample.n=2", "sample.steps=2"])
-    train(cfg, run, progress=False, log=lambda m: None)
-    return run
 
 
 def _copy_run(trained, tmp):

@@ -16,9 +16,7 @@ import torch
 from PIL import Image
 
 from difflab.cli import main
-from difflab.config import resolve_config
 from difflab.data import load_dataset
-from difflab.train import train
 
 
 class Payload:
@@ -39,14 +37,6 @@ def torch_zip_pickle(marker) -> bytes:   # the same payload inside torch.save's 
     buf = io.BytesIO()
     torch.save({"step": 2, "optimizer": Payload(marker)}, buf)
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("sec") / "run"
-    cfg = resolve_config("tiny", overrides=["train.num_threads=1", "train.steps=2", "sample.n=2", "sample.steps=2"])
-    train(cfg, run, progress=False, log=lambda m: None)
-    return run
 
 
 def cli_error(capsys, *argv) -> tuple[int, str]:
