@@ -103,6 +103,10 @@ class TrainConfig:
     class_dropout: float = 0.1         # P(label -> null class), for classifier-free guidance
     max_nonfinite_steps: int = 10      # stop after this many non-finite losses in a row
     timestep_sampling: str = "uniform"  # uniform | loss_aware (iDDPM sec. 3.3 importance sampling)
+    # Time budget: stop once the optimiser steps have taken this many minutes of wall-clock (the
+    # time of checkpoints and sample grids is not counted); 0 = no budget, train.steps still caps.
+    max_minutes: float = 0.0
+    checkpoint_every_minutes: float = 0.0   # also checkpoint every N minutes of training time (0 = off)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -111,6 +115,10 @@ class TrainConfig:
         for name in ("warmup_steps", "sample_every", "num_threads", "seed"):
             _require(getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}")
         _require(self.seed <= MAX_TRAIN_SEED, f"train.seed must be in [0, 2**63 - 1], got {self.seed}")
+        for name in ("max_minutes", "checkpoint_every_minutes"):
+            value = getattr(self, name)
+            _require(value >= 0 and math.isfinite(value), f"train.{name} must be a finite number >= 0 (0 = off), "
+                                                           f"got {value}")
         _require(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be a positive number, got {self.lr}")
         _require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _require(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
@@ -161,6 +169,46 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class LatentConfig:
+    """Latent diffusion (Rombach et al. 2022): diffuse the latents of a trained KL autoencoder.
+
+    ``autoencoder`` names a ``difflab train-autoencoder`` run folder (or checkpoint); its weights
+    and the scale factor computed from the training data are copied into every checkpoint, so
+    a latent run samples and resumes without it. Then ``model.image_size`` / ``in_channels`` are
+    the latent's size and channels, and ``data`` still describes the images."""
+
+    autoencoder: str | None = None     # None = diffusion on pixels
+
+    def __post_init__(self):
+        _require(self.autoencoder is None or bool(self.autoencoder),
+                 "latent.autoencoder must be a run folder of 'difflab train-autoencoder' or null")
+
+
+TEXT_ENCODERS = ("none", "trainable", "pretrained")
+
+
+@dataclass(frozen=True)
+class CondConfig:
+    """Conditioning besides class labels: text through cross-attention, a low-resolution image
+    through concatenation (``difflab.train.conditioning``)."""
+
+    text: str = "none"          # none | trainable (TextEncoder trained jointly) | pretrained (frozen all-MiniLM-L6-v2)
+    text_dim: int = 64          # width of the trainable encoder (= model.context_dim)
+    text_depth: int = 2
+    text_heads: int = 4
+    max_length: int = 16        # tokens per prompt (pretrained: word pieces including [CLS] and [SEP])
+    low_res_factor: int = 0     # > 0: condition on the image downsampled by this factor (super-resolution)
+
+    def __post_init__(self):
+        _require(self.text in TEXT_ENCODERS, f"cond.text must be one of {', '.join(TEXT_ENCODERS)}, got {self.text!r}")
+        for name in ("text_dim", "text_depth", "text_heads", "max_length"):
+            _require(getattr(self, name) >= 1, f"cond.{name} must be >= 1, got {getattr(self, name)}")
+        _require(self.text_dim % self.text_heads == 0,
+                 f"cond.text_dim={self.text_dim} must be divisible by cond.text_heads={self.text_heads}")
+        _require(self.low_res_factor >= 0, f"cond.low_res_factor must be >= 0 (0 = off), got {self.low_res_factor}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a training run; ``to_dict`` / ``from_dict`` round-trip exactly."""
 
@@ -169,6 +217,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    cond: CondConfig = field(default_factory=CondConfig)
 
     def __post_init__(self):
         m, d = self.model, self.diffusion
@@ -181,9 +231,23 @@ class RunConfig:
         _require(self.data.labels or m.num_classes is None,
                  f"model.num_classes={m.num_classes} makes the model class-conditional: set data.labels=true "
                  "or model.num_classes=null")
-        _require(m.context_dim is None and m.cond_channels == 0,
-                 "training image models with text (model.context_dim) or image (model.cond_channels) "
-                 "conditioning is not supported by this trainer")
+        c = self.cond
+        _require((m.context_dim is None) == (c.text == "none"),
+                 f"model.context_dim={m.context_dim} needs cond.text=trainable or pretrained" if c.text == "none"
+                 else f"cond.text={c.text} needs cross-attention: set model.context_dim (the text encoder's width: "
+                      "cond.text_dim for trainable, 384 for pretrained) and model.cross_attention_resolutions")
+        _require(c.text != "trainable" or m.context_dim == c.text_dim,
+                 f"model.context_dim={m.context_dim} must equal cond.text_dim={c.text_dim} for cond.text=trainable")
+        _require(c.text == "none" or m.num_classes is None,
+                 "a model is conditioned on class labels (model.num_classes) or on text (cond.text), not both")
+        _require((m.cond_channels == 0) == (c.low_res_factor == 0),
+                 f"model.cond_channels={m.cond_channels} needs cond.low_res_factor > 0 (the image it concatenates)"
+                 if c.low_res_factor == 0 else
+                 f"cond.low_res_factor={c.low_res_factor} needs model.cond_channels = the image channels (e.g. 1)")
+        if self.latent.autoencoder is not None:   # model.image_size / in_channels describe the latent
+            _require(not self.sample.clip_denoised, "latent diffusion needs sample.clip_denoised=false: latents are "
+                                                    "unbounded (the decoded images are clamped instead)")
+            return
         _require(self.data.image_size is None or self.data.image_size == m.image_size,
                  f"data.image_size={self.data.image_size} differs from model.image_size={m.image_size}")
         _require(self.data.channels is None or self.data.channels == m.in_channels,
@@ -202,7 +266,7 @@ class RunConfig:
 
 SECTIONS: dict[str, type] = {
     "model": UNetConfig, "diffusion": DiffusionConfig, "data": DataConfig, "train": TrainConfig,
-    "sample": SampleConfig,
+    "sample": SampleConfig, "latent": LatentConfig, "cond": CondConfig,
 }
 
 
@@ -245,6 +309,24 @@ RUN_PRESETS: dict[str, RunConfig] = {
                     sample_every=2000, checkpoint_every=2000),
         SampleConfig(sampler="ddim", steps=50, n=64),
     ),
+    # MNIST on a laptop-class CPU in 25 minutes of training (issue 9's recipe; measurements in
+    # benchmarks/RESULTS.md "Quality vs training time" and configs/mnist-fast.yaml): the digits
+    # recipe's 1.05M-parameter U-Net widened to 28x28 (32/64/64 channels, one res block per level,
+    # no attention), v-prediction with min-SNR-5 loss weighting (the clearest win of the tuning
+    # runs), lr 2e-3 held constant after warm-up so any time budget can stop it, EMA 0.999 with
+    # warm-up, sampled with DDIM eta=1 (sharper than eta=0 or DPM-Solver++ this early in training).
+    # `train.max_minutes=25` is the budget; train.steps only caps it.
+    "mnist-fast": _preset(
+        get_unet_preset("mnist", model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                        attention_resolutions=(), mid_attention=False, dropout=0.0, norm_groups=8),
+        DiffusionConfig(schedule="cosine", num_timesteps=1000, prediction="v", loss_weighting="min_snr",
+                        min_snr_gamma=5.0),
+        DataConfig(dataset="mnist"),
+        TrainConfig(steps=100_000, max_minutes=25.0, batch_size=64, lr=2e-3, warmup_steps=100, lr_decay="constant",
+                    ema_decay=0.999, log_every=50, sample_every=1000, checkpoint_every=500, keep_checkpoints=2,
+                    grad_clip=1.0),
+        SampleConfig(sampler="ddim", steps=50, eta=1.0, n=64),
+    ),
     # DDPM paper's CIFAR-10 run (Ho et al. 2020, Appendix B): GPU territory.
     "cifar10": _preset(
         get_unet_preset("cifar10"),
@@ -255,6 +337,28 @@ RUN_PRESETS: dict[str, RunConfig] = {
         SampleConfig(sampler="ddim", steps=100, n=64),
     ),
 }
+
+
+# Latent diffusion on MNIST (issue 6): the first stage is `difflab train-autoencoder --preset mnist-f4`
+# (28x28 -> 7x7x4, written to runs/ae-mnist-f4 by default); the U-Net works at 7x7 (one level: 7 is odd).
+_MNIST_LATENT_UNET = get_unet_preset("latent-7")
+RUN_PRESETS["mnist-latent-text"] = RunConfig(
+    model=_MNIST_LATENT_UNET,
+    diffusion=DiffusionConfig(schedule="cosine", num_timesteps=1000),
+    data=DataConfig(dataset="mnist"),
+    train=TrainConfig(steps=20_000, batch_size=128, lr=1e-3, warmup_steps=200, lr_decay="cosine", ema_decay=0.999,
+                      log_every=50, sample_every=0, checkpoint_every=500, class_dropout=0.1),
+    sample=SampleConfig(sampler="ddim", steps=50, n=80, clip_denoised=False),
+    latent=LatentConfig(autoencoder="runs/ae-mnist-f4"),
+    cond=CondConfig(text="trainable", text_dim=_MNIST_LATENT_UNET.context_dim, max_length=16),
+)
+# 4x super-resolution 7x7 -> 28x28: the low-resolution image is exactly the latent's 7x7 size, so it
+# is concatenated to z_t as is (LDM's SR models condition the same way).
+RUN_PRESETS["mnist-latent-sr"] = RUN_PRESETS["mnist-latent-text"].replace(
+    model=_MNIST_LATENT_UNET.replace(context_dim=None, cross_attention_resolutions=(), cond_channels=1),
+    sample=SampleConfig(sampler="ddim", steps=50, n=16, clip_denoised=False),
+    cond=CondConfig(low_res_factor=4),
+)
 
 
 def get_run_preset(name: str) -> RunConfig:
@@ -511,7 +615,8 @@ def load_config(path: str | os.PathLike) -> RunConfig:
 
 
 __all__ = [
-    "ConfigError", "DataConfig", "TrainConfig", "SampleConfig", "RunConfig", "RUN_PRESETS", "SECTIONS",
+    "ConfigError", "DataConfig", "TrainConfig", "SampleConfig", "LatentConfig", "CondConfig", "RunConfig",
+    "RUN_PRESETS", "SECTIONS",
     "MIXED_PRECISION", "get_run_preset", "resolve_config", "read_config_file", "apply_overrides", "parse_override",
     "merge", "save_config", "load_config", "run_config_from_dict", "section_from_dict", "section_to_dict",
 ]

@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -62,14 +62,22 @@ def compute_scale_factor(ae: AutoencoderKL, images: torch.Tensor, batch_size: in
     was_training = ae.training
     ae.eval()
     try:
-        total, total_sq, count = 0.0, 0.0, 0
-        for start in range(0, images.shape[0], batch_size):
-            z = _latents(ae, images[start:start + batch_size].to(device), sample, generator).double()
-            total += z.sum().item()
-            total_sq += z.pow(2).sum().item()
-            count += z.numel()
+        return scale_factor_from_latents(_latents(ae, images[start:start + batch_size].to(device), sample, generator)
+                                         for start in range(0, images.shape[0], batch_size))
     finally:
         ae.train(was_training)
+
+
+def scale_factor_from_latents(latents: Iterable[torch.Tensor]) -> float:
+    """``1 / std`` over every element of the latent batches (float64 sums, unbiased variance)."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for z in latents:
+        z = z.double()
+        total += z.sum().item()
+        total_sq += z.pow(2).sum().item()
+        count += z.numel()
+    if count == 0:
+        raise ValueError("no latents to compute a scale factor from")
     mean = total / count
     var = (total_sq - count * mean * mean) / max(count - 1, 1)
     if not var > 0 or not math.isfinite(var):
@@ -122,7 +130,10 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def encode_to_latent(self, x: torch.Tensor, generator: rng.Generator = None, sample: bool = True) -> torch.Tensor:
         """z_0 = scale_factor * z, z ~ q(z | x) (``sample=True``) or its mean."""
-        z = _latents(self.autoencoder, x, sample, generator)
+        return self.scale(_latents(self.autoencoder, x, sample, generator))
+
+    def scale(self, z: torch.Tensor) -> torch.Tensor:
+        """z_0 = scale_factor * z (LDM Appendix G); :meth:`decode_from_latent` undoes it."""
         return z * self._scale(z)
 
     @torch.no_grad()

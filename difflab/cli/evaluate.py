@@ -182,6 +182,7 @@ def run_eval_fd(args) -> int:
         raise UsageError(f"--out must be a .json path, got {args.out}")
     device = resolve_device(args.device)
     run = load_run(args.checkpoint, use_ema=not args.no_ema, device=device) if args.checkpoint else None
+    _refuse_conditioned(run)
     dataset = args.dataset or (run.config.data.dataset if run is not None else None)
     if dataset is None:
         raise UsageError("--images needs --dataset (the reference images)")
@@ -274,6 +275,7 @@ def run_eval_nll(args) -> int:
     _positive(args, "n", "batch_size")
     device = resolve_device(args.device)
     run = load_run(args.checkpoint, use_ema=not args.no_ema, device=device)
+    _refuse_conditioned(run)
     cfg, m = run.config, run.config.model
     dataset = args.dataset or cfg.data.dataset
     root = args.data_root or (cfg.data.root if dataset == cfg.data.dataset else None)
@@ -311,3 +313,7 @@ def run_eval_nll(args) -> int:
     return 0
 
 
+def _refuse_conditioned(run) -> None:
+    if run is not None and run.conditioning is not None:
+        raise UsageError("difflab eval does not handle latent, text-conditioned or super-resolution runs yet "
+                         "(for text runs see benchmarks/latent_text_accuracy.py)")

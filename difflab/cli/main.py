@@ -28,6 +28,7 @@ from .misc import (
 )
 from .sample import add_sample_arguments, run_sample
 from .train import add_train_arguments, run_train
+from .train_autoencoder import add_train_autoencoder_arguments, run_train_autoencoder
 from .train_classifier import add_train_classifier_arguments, run_train_classifier
 
 
@@ -45,6 +46,8 @@ COMMANDS: list[Command] = [
     Command("sample", "draw images from a trained run (optionally guided)", add_sample_arguments, run_sample),
     Command("train-classifier", "train a noise-aware classifier for classifier guidance",
             add_train_classifier_arguments, run_train_classifier),
+    Command("train-autoencoder", "train the KL autoencoder of latent diffusion (reports held-out PSNR)",
+            add_train_autoencoder_arguments, run_train_autoencoder),
     Command("eval", "evaluate a run: fd (Frechet distance, precision/recall, class accuracy), nll (bits/dim)",
             add_eval_arguments, run_eval),
     Command("show-forward", "show the forward (noising) process on real images", add_show_forward_arguments,

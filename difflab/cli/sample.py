@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from .common import UsageError, _format_duration, _say
+from .sample_conditioned import add_conditioning_arguments, check_conditioning_arguments, run_conditioned_sample
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true")
     _add_guidance_arguments(p)
+    add_conditioning_arguments(p)
 
 
 def _add_guidance_arguments(p: argparse.ArgumentParser) -> None:
@@ -147,12 +149,15 @@ def run_sample(args) -> int:
     except ConfigError as e:
         raise UsageError(str(e)) from None
     m = cfg.model
+    check_conditioning_arguments(args, run)
     guided = _guided_from_args(args, run, sc, device)
+    run_dir = run.checkpoint.parent.parent if run.checkpoint.parent.name == "checkpoints" else run.checkpoint
+    out = Path(args.out) if args.out else run_dir / "samples" / f"{sc.sampler}-{sc.steps}steps-seed{sc.seed}.png"
+    if run.conditioning is not None:   # latent, text or super-resolution run
+        return run_conditioned_sample(args, run, sc, guided, device, out)
     per_row = 8 if args.grid_by_class and args.n is None else sc.n   # --grid-by-class: -n is the columns
     labels, seed_indices, columns = _sample_labels(args, guided, m.num_classes, per_row)
     n_total = len(labels) if labels is not None else sc.n
-    run_dir = run.checkpoint.parent.parent if run.checkpoint.parent.name == "checkpoints" else run.checkpoint
-    out = Path(args.out) if args.out else run_dir / "samples" / f"{sc.sampler}-{sc.steps}steps-seed{sc.seed}.png"
 
     _say(f"sampling {n_total} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
          f"({run.weights} weights, step {run.step}) on {device}"

@@ -24,6 +24,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue the run in --out from its latest checkpoint (or from CHECKPOINT) with its saved "
                         "config; --set/--steps may still change train/data/sample settings")
+    p.add_argument("--autoencoder", metavar="RUN", help="latent diffusion: the autoencoder run to train in the "
+                                                         "latent space of (sets latent.autoencoder)")
     _add_run_flags(p)
 
 
@@ -34,6 +36,8 @@ def run_train(args) -> int:
     extra: dict = {}
     if args.data_root is not None:
         extra.setdefault("data", {})["root"] = args.data_root
+    if args.autoencoder is not None:
+        extra["latent"] = {"autoencoder": args.autoencoder}
     for key, section, value in (("steps", "train", args.steps), ("device", "train", args.device),
                                 ("seed", "train", args.seed)):
         if value is not None:
@@ -67,7 +71,9 @@ def run_train(args) -> int:
                         ("config", run_dir / "config.yaml")):
         if path is not None:
             _say(f"  {label + ':':12s}{path}")
-    _say(f"next: {PROG} sample --checkpoint {run_dir} --gif")
+    hint = (" --cond-from-test 8" if cfg.cond.low_res_factor else "") + \
+        (' --prompt "a handwritten three" --guidance-scale 2' if cfg.cond.text != "none" else "")
+    _say(f"next: {PROG} sample --checkpoint {run_dir} --gif{hint}")
     return 0
 
 

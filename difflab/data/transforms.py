@@ -39,6 +39,20 @@ def random_hflip(x: torch.Tensor, generator: rng.Generator = None) -> torch.Tens
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def low_res_condition(x: torch.Tensor, factor: int, size: int) -> torch.Tensor:
+    """The conditioning image of ``factor``-x super-resolution: ``x [N, C, H, W]`` averaged over
+    ``factor x factor`` blocks (area downsampling), then bilinearly resized to ``size x size``
+    (returned as is when it already has that size). A new tensor; ``x`` is untouched."""
+    import torch.nn.functional as F
+
+    if x.ndim != 4 or x.shape[-1] % factor or x.shape[-2] % factor:
+        raise ValueError(f"images {tuple(x.shape)} must be [N, C, H, W] with H and W divisible by {factor}")
+    low = F.avg_pool2d(x, factor)
+    if tuple(low.shape[-2:]) == (size, size):
+        return low
+    return F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def check_channels(channels: int | None) -> int | None:
     if channels is not None and channels not in _MODE_FOR_CHANNELS:
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")

@@ -31,6 +31,11 @@ UNET_PRESETS: dict[str, UNetConfig] = {
     "latent": UNetConfig(image_size=8, in_channels=4, model_channels=64, channel_mult=(1, 2), num_res_blocks=2,
                          attention_resolutions=(), num_head_channels=32, context_dim=384,
                          cross_attention_resolutions=(8, 4), transformer_depth=1, norm_groups=32),
+    # Latent diffusion on the 7x7x4 latent of the mnist-f4 autoencoder: one level (7 is odd, so no
+    # downsampling), self-attention in the middle, text cross-attention (a 64-wide trainable encoder).
+    "latent-7": UNetConfig(image_size=7, in_channels=4, model_channels=64, channel_mult=(1,), num_res_blocks=2,
+                           attention_resolutions=(), num_head_channels=32, context_dim=64,
+                           cross_attention_resolutions=(7,), transformer_depth=1, norm_groups=32),
 }
 
 CLASSIFIER_PRESETS: dict[str, ClassifierConfig] = {

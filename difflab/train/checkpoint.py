@@ -70,6 +70,16 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _fsync_path(path: Path) -> None:
+    """fsync a file, or a folder a writer made (e.g. a saved autoencoder) with everything in it."""
+    if not path.is_dir():
+        _fsync_file(path)
+        return
+    for p in sorted(path.rglob("*")):
+        _fsync_file(p) if p.is_file() else _fsync_dir(p)
+    _fsync_dir(path)
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -103,8 +113,9 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[str, torch.Tensor],
                     ema_state: dict[str, torch.Tensor], training_state: dict[str, Any], config: RunConfig,
-                    keep: int = 3) -> Path:
+                    keep: int = 3, extra_files: dict[str, Callable[[Path], Any]] | None = None) -> Path:
     """Write checkpoint ``step`` atomically, point ``latest`` at it, prune to ``keep``; return its folder.
+    ``extra_files``: more ``name -> writer(path)`` entries (e.g. a latent run's autoencoder).
 
     Raises :class:`CheckpointWriteError` when the disk is full or the folder unwritable; the
     previous checkpoint and the ``latest`` pointer are then unchanged."""
@@ -116,6 +127,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[
         EMA_NAME: lambda path: save_file(_cpu(ema_state), str(path), metadata=meta),
         STATE_NAME: lambda path: torch.save(training_state, path),
         CONFIG_NAME: lambda path: save_config(config, path),
+        **(extra_files or {}),
     }, keep=keep)
 
 
@@ -160,7 +172,7 @@ def _write_checkpoint(root: Path, final: Path, writers: dict[str, Callable[[Path
         for name, write in writers.items():
             write(tmp / name)
         for name in writers:
-            _fsync_file(tmp / name)
+            _fsync_path(tmp / name)
         _fsync_dir(tmp)
         if final.exists():   # re-saving a step (e.g. after a resume): move the old copy aside first
             _repoint_latest_away_from(root, final)   # so no crash leaves `latest` naming a missing folder
@@ -297,6 +309,9 @@ def load_training_state(ckpt: Path) -> dict[str, Any]:
 
 def load_checkpoint_config(ckpt: Path) -> RunConfig:
     path = ckpt / CONFIG_NAME
+    for other, kind in (("autoencoder.yaml", "an autoencoder"), ("classifier.yaml", "a classifier")):
+        if not path.is_file() and (ckpt / other).is_file():
+            raise CheckpointError(f"{ckpt} belongs to {kind} run, not to a diffusion run")
     if not path.is_file():
         raise _corrupt(ckpt, f"{CONFIG_NAME} is missing", "file not found")
     try:
@@ -325,18 +340,22 @@ class LoadedRun:
     checkpoint: Path
     step: int
     weights: str        # "ema" or "model"
+    conditioning: Any = None   # a difflab.train.conditioning.RunConditioning (latent / text / low-res runs)
 
 
 def load_run(path: str | os.PathLike, *, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedRun:
     """Load a run folder's latest checkpoint (or a given checkpoint folder) for sampling."""
     from ..nn.unet import UNet
+    from .conditioning import RunConditioning
 
     ckpt = resolve_checkpoint(path)
     cfg = load_checkpoint_config(ckpt)
     name = EMA_NAME if use_ema else MODEL_NAME
     tensors = load_weights(ckpt, name)
-    model = UNet(cfg.model)
+    conditioning = RunConditioning.from_checkpoint(cfg, ckpt, device)
+    model = UNet(cfg.model) if conditioning is None else conditioning.network(UNet(cfg.model))
     load_state_into(model, tensors, ckpt, name)
     model.eval().requires_grad_(False)
     step = int(_STEP_RE.match(ckpt.name).group(1)) if _STEP_RE.match(ckpt.name) else -1
-    return LoadedRun(cfg, model.to(device), cfg.diffusion.build(), ckpt, step, "ema" if use_ema else "model")
+    return LoadedRun(cfg, model.to(device), cfg.diffusion.build(), ckpt, step, "ema" if use_ema else "model",
+                     conditioning)

@@ -40,6 +40,7 @@ from ..data.transforms import random_hflip, uint8_to_float
 from ..rng import randint, randn
 from ..timestep_sampling import make_timestep_sampler
 from . import distributed as D
+from .conditioning import RunConditioning
 from .checkpoint import (
     EMA_NAME,
     MODEL_NAME,
@@ -155,15 +156,17 @@ class Batch:
     y: torch.Tensor | None
     weights: torch.Tensor | None = None   # importance weights of the timesteps (loss-aware sampling)
     t_global: torch.Tensor | None = None  # the whole batch's timesteps, for the sampler's loss history
+    idx: torch.Tensor | None = None       # the whole batch's dataset indices (conditioning looks them up)
 
 
 def draw_batch(images: torch.Tensor, labels: torch.Tensor | None, stream: IndexStream, gen: torch.Generator, *,
                batch_size: int, num_timesteps: int, hflip: bool, null_class: int | None, class_dropout: float,
-               shard: slice, timestep_sampler=None) -> Batch:
-    """The global batch, drawn in a fixed order from ``gen``, then this process's ``shard`` of it."""
+               shard: slice, timestep_sampler=None, to_x_0=None) -> Batch:
+    """The global batch, drawn in a fixed order from ``gen``, then this process's ``shard`` of it.
+    ``to_x_0(indices, gen)`` replaces the images as x_0 (a latent run's z_0)."""
     device = images.device
     idx = stream.next(batch_size)
-    x_0 = uint8_to_float(images[idx.to(device)])
+    x_0 = uint8_to_float(images[idx.to(device)]) if to_x_0 is None else to_x_0(idx, gen)
     if hflip:
         x_0 = random_hflip(x_0, gen)
     if timestep_sampler is None:
@@ -178,7 +181,7 @@ def draw_batch(images: torch.Tensor, labels: torch.Tensor | None, stream: IndexS
         drop = (torch.rand(batch_size, generator=gen) < class_dropout).to(device)
         y = torch.where(drop, torch.full_like(y, null_class), y)
     return Batch(x_0[shard], t[shard], noise[shard], None if y is None else y[shard],
-                 None if weights is None else weights[shard], t)
+                 None if weights is None else weights[shard], t, idx)
 
 
 def _autocast(device: torch.device, mode: str):
@@ -237,9 +240,11 @@ def check_images_fit(ds, m, *, labels_needed_by: str | None) -> None:
                               f"set model.num_classes={ds.num_classes}")
 
 
-def check_dataset(ds, cfg: RunConfig) -> None:
-    """Raise ConfigError unless the images (and labels) fit the model config and the batch size."""
-    check_images_fit(ds, cfg.model, labels_needed_by="data.labels=true" if cfg.data.labels else None)
+def check_dataset(ds, cfg: RunConfig, conditioning=None) -> None:
+    """Raise ConfigError unless the images (and labels) fit the model config (for a latent run, the
+    autoencoder's) and the batch size."""
+    check_images_fit(ds, cfg.model if conditioning is None else conditioning.image_spec,
+                     labels_needed_by="data.labels=true" if cfg.data.labels else None)
     try:
         check_batch_size(ds, cfg.train.batch_size)
     except ValueError as e:
@@ -320,16 +325,19 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
     if resume:
         ckpt = resolve_checkpoint(run_dir if resume is True else resume)
         saved = load_checkpoint_config(ckpt)
-        if saved.model != config.model or saved.diffusion != config.diffusion:
-            raise ConfigError(f"cannot resume {ckpt}: its model/diffusion config differs from the one given "
-                              "(only data/train/sample settings may change on resume)")
+        if saved.model != config.model or saved.diffusion != config.diffusion or saved.cond != config.cond:
+            raise ConfigError(f"cannot resume {ckpt}: its model/diffusion config differs from the one given (or its "
+                              "cond section does; only data/train/sample settings may change on resume)")
     elif list_checkpoints(run_dir) or read_latest(run_dir) is not None:
         raise ConfigError(f"{run_dir} already holds checkpoints; resume them (--resume) or choose another output "
                           "folder (--out)")
 
     ds = dataset if dataset is not None else load_training_data(config, log)
-    check_dataset(ds, config)
+    conditioning = RunConditioning.for_training(config, ds, device, ckpt, log)   # None: a plain pixel run
+    check_dataset(ds, config, conditioning)
     images = ds.images.to(device)
+    if conditioning is not None:
+        conditioning.prepare(ds, images, tc.seed, log)
     labels = ds.labels.to(device) if config.data.labels else None
     hflip = ds.hflip if config.data.hflip is None else config.data.hflip
     diffusion = config.diffusion.build()
@@ -337,7 +345,8 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
     # --- model, EMA, optimiser (the seed fixes the initialisation; dropout draws from torch's
     # global generator, seeded per rank)
     torch.manual_seed(tc.seed)
-    model = UNet(config.model).to(device)
+    model = UNet(config.model)
+    model = (model if conditioning is None else conditioning.network(model)).to(device)
     ema = EMA(model, tc.ema_decay, tc.ema_warmup)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if tc.mixed_precision == "fp16" else None
@@ -347,9 +356,10 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
     t_sampler = (None if tc.timestep_sampling == "uniform"
                  else make_timestep_sampler(tc.timestep_sampling, diffusion.num_timesteps))
     torch.manual_seed(tc.seed + 1 + info.rank)
-    step, skipped = 0, 0
+    step, skipped, train_seconds = 0, 0, 0.0
     if ckpt is not None:
-        step, skipped = _restore(ckpt, model, ema, opt, scaler, gen, stream, info, device, log, t_sampler)
+        step, skipped, train_seconds = _restore(ckpt, model, ema, opt, scaler, gen, stream, info, device, log,
+                                                t_sampler)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -366,6 +376,7 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
     shard = slice(info.rank * shard_size, (info.rank + 1) * shard_size)
     null_class = config.model.num_classes
     last_ckpt = ckpt
+    ckpt_step = step      # the step of the last checkpoint, known on every rank (only rank 0 gets paths)
     last_loss = None
     bad_in_a_row = 0
     window_loss, window_n, window_t0, grad_norm = 0.0, 0, time.perf_counter(), float("nan")
@@ -374,29 +385,42 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
                dynamic_ncols=True, file=sys.stderr)
 
     def checkpoint_now() -> Path | None:
-        state = _training_state(step, skipped, ema, opt, scaler, gen, stream, info, device, t_sampler)
+        state = _training_state(step, skipped, ema, opt, scaler, gen, stream, info, device, t_sampler,
+                                train_seconds)
         path = None
         if info.is_main:
             path = save_checkpoint(run_dir, step, model_state=model.state_dict(), ema_state=ema.state_dict(),
-                                   training_state=state, config=config, keep=tc.keep_checkpoints)
+                                   training_state=state, config=config, keep=tc.keep_checkpoints,
+                                   extra_files=conditioning.checkpoint_files() if conditioning is not None else None)
         D.check_replicas_in_sync(model, info, device)
         return path
 
     interrupted = False
     with _StopRequest(log) as stop:
         model.train()
+        budget_s = tc.max_minutes * 60.0
+        ckpt_every_s = tc.checkpoint_every_minutes * 60.0
+        next_time_ckpt = (math.floor(train_seconds / ckpt_every_s) + 1) * ckpt_every_s if ckpt_every_s else math.inf
         while step < tc.steps:
             if D.any_true(stop.signum is not None, info, device):
                 interrupted = True
                 break
+            if budget_s and D.any_true(train_seconds >= budget_s, info, device):
+                log(f"time budget reached: {train_seconds / 60:.2f} min of training (train.max_minutes="
+                    f"{tc.max_minutes:g}) at step {step}")
+                break
+            step_t0 = time.perf_counter()
             b = draw_batch(images, labels, stream, gen, batch_size=tc.batch_size,
                            num_timesteps=diffusion.num_timesteps, hflip=hflip, null_class=null_class,
-                           class_dropout=tc.class_dropout, shard=shard, timestep_sampler=t_sampler)
+                           class_dropout=tc.class_dropout, shard=shard, timestep_sampler=t_sampler,
+                           to_x_0=conditioning.x_0_fn if conditioning is not None else None)
             lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.lr_decay, tc.steps)
             for group in opt.param_groups:
                 group["lr"] = lr
             with _autocast(device, tc.mixed_precision):
                 kwargs = {} if b.y is None else {"y": b.y}
+                if conditioning is not None:
+                    kwargs.update(conditioning.train_kwargs(b, gen, shard))
                 losses = diffusion.training_losses(train_model, b.x_0, b.t, noise=b.noise, model_kwargs=kwargs)["loss"]
                 loss = (losses if b.weights is None else losses * b.weights).mean()
             if t_sampler is not None:
@@ -422,6 +446,7 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
                         f"the loss was NaN or infinite for {bad_in_a_row} steps in a row (at step {step + 1}); "
                         f"training stopped{where}. Try a lower train.lr, train.grad_clip=1 or "
                         f"train.mixed_precision=no")
+                train_seconds += time.perf_counter() - step_t0
                 continue
             bad_in_a_row = 0
             if scaler is not None:
@@ -431,6 +456,7 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
                 opt.step()
             ema.update(model)
             step += 1
+            train_seconds += time.perf_counter() - step_t0
             last_loss, grad_norm = loss_value, norm_value
             window_loss += loss_value
             window_n += 1
@@ -444,14 +470,18 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
                 if metrics is not None:
                     metrics.log({"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
                                  "images_per_s": ips, "skipped_steps": skipped,
-                                 "elapsed_s": time.perf_counter() - t_start})
+                                 "elapsed_s": time.perf_counter() - t_start, "train_s": train_seconds})
                 window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
             if tc.sample_every and step % tc.sample_every == 0 and step != tc.steps and info.is_main:
-                _sample_grid(ema.model, diffusion, config, device, run_dir / "samples" / f"step_{step:08d}.png")
-            if step % tc.checkpoint_every == 0 or step == tc.steps:
-                last_ckpt = checkpoint_now()
-        if interrupted and (last_ckpt is None or _ckpt_step(last_ckpt) != step):
-            last_ckpt = checkpoint_now()
+                _sample_grid(ema.model, diffusion, config, device, run_dir / "samples" / f"step_{step:08d}.png",
+                             conditioning)
+            time_ckpt = bool(ckpt_every_s) and D.any_true(train_seconds >= next_time_ckpt, info, device)
+            if time_ckpt:
+                next_time_ckpt = (math.floor(train_seconds / ckpt_every_s) + 1) * ckpt_every_s
+            if step % tc.checkpoint_every == 0 or step == tc.steps or time_ckpt:
+                last_ckpt, ckpt_step = checkpoint_now(), step
+        if step != ckpt_step:
+            last_ckpt = checkpoint_now()   # interrupted, or stopped by the time budget
     bar.close()
 
     result = TrainResult(run_dir, step, interrupted, last_ckpt, last_loss=last_loss, skipped_steps=skipped)
@@ -459,20 +489,16 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
         metrics.close()
         result.metrics = metrics.jsonl
         if not interrupted:
-            result.samples = _sample_grid(ema.model, diffusion, config, device, run_dir / "samples.png")
+            result.samples = _sample_grid(ema.model, diffusion, config, device, run_dir / "samples.png", conditioning)
         result.loss_plot = plot_metrics(run_dir)
     return result
 
 
-def _ckpt_step(path: Path) -> int:
-    try:
-        return int(path.name.split("_")[-1])
-    except ValueError:
-        return -1
-
-
-def _sample_grid(model, diffusion, config: RunConfig, device, path: Path) -> Path:
+def _sample_grid(model, diffusion, config: RunConfig, device, path: Path, conditioning=None) -> Path:
     from ..viz import save_grid
+
+    if conditioning is not None:
+        return conditioning.sample_grid(model, diffusion, device, path)
 
     m = config.model
     out = sample_images(model, diffusion, config.sample, shape=(m.in_channels, m.image_size, m.image_size),
@@ -495,12 +521,14 @@ def plot_metrics(run_dir: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------- state (de)serialisation
 def _training_state(step, skipped, ema: EMA, opt, scaler, gen: torch.Generator, stream: IndexStream,
-                    info: D.DistInfo, device: torch.device, t_sampler=None) -> dict[str, Any]:
+                    info: D.DistInfo, device: torch.device, t_sampler=None,
+                    train_seconds: float = 0.0) -> dict[str, Any]:
     """Everything besides the weights needed to continue bit for bit (tensors and plain data only)."""
     state = {
         "format": STATE_FORMAT,
         "step": step,
         "skipped_steps": skipped,
+        "train_seconds": float(train_seconds),   # wall-clock of the optimiser steps (train.max_minutes)
         "ema_updates": ema.num_updates,
         "optimizer": opt.state_dict(),
         "data_generator": gen.get_state(),
@@ -542,4 +570,4 @@ def _restore(ckpt: Path, model, ema: EMA, opt, scaler, gen, stream, info: D.Dist
     except (KeyError, ValueError, RuntimeError, IndexError) as e:
         raise CheckpointError(f"checkpoint {ckpt} has an unusable training state ({type(e).__name__}: {e})") from None
     log(f"resuming from {ckpt} (step {state['step']})")
-    return int(state["step"]), int(state.get("skipped_steps", 0))
+    return int(state["step"]), int(state.get("skipped_steps", 0)), float(state.get("train_seconds", 0.0))

@@ -40,18 +40,24 @@ def class_labels(n: int, num_classes: int | None, class_label: int | None = None
 def sample_images(model, diffusion, cfg: SampleConfig, *, shape: tuple[int, int, int], n: int | None = None,
                   num_classes: int | None = None, class_label: int | None = None, device="cpu",
                   return_trajectory: bool = False, progress: bool = False, labels: torch.Tensor | None = None,
-                  seed_indices: Sequence[int] | None = None, sampler_options: dict | None = None) -> SampleOutput:
+                  seed_indices: Sequence[int] | None = None, sampler_options: dict | None = None,
+                  model_kwargs: dict[str, torch.Tensor] | None = None) -> SampleOutput:
     """``n`` (default ``cfg.n``) images of ``shape`` = (C, H, W) in [-1, 1], drawn in batches of ``cfg.batch_size``.
 
     With ``return_trajectory`` the trajectory and pred_x0 lists cover all ``n`` images.
     ``labels`` (``LongTensor[n]``) replaces the labels made from ``num_classes`` / ``class_label``;
     ``seed_indices`` (default 0..n-1) gives the index i of each sample's seed ``seed * SEED_STRIDE + i``
     (equal indices share their starting noise, e.g. one column of a class grid);
-    ``sampler_options`` are passed to the sampler last (e.g. from :func:`build_guided_model`).
+    ``sampler_options`` are passed to the sampler last (e.g. from :func:`build_guided_model`);
+    ``model_kwargs``: per-sample conditioning tensors (``n`` rows each: prompts' tokens or context,
+    a concatenated ``cond`` image), sliced with the batches and moved to ``device``.
     """
     n = cfg.n if n is None else n
     if labels is not None and len(labels) != n:
         raise ValueError(f"got {len(labels)} labels for {n} samples")
+    for key, value in (model_kwargs or {}).items():
+        if len(value) != n:
+            raise ValueError(f"model_kwargs[{key!r}] has {len(value)} rows for {n} samples")
     seed_indices = list(range(n)) if seed_indices is None else [int(i) for i in seed_indices]
     if len(seed_indices) != n:
         raise ValueError(f"got {len(seed_indices)} seed indices for {n} samples")
@@ -71,6 +77,7 @@ def sample_images(model, diffusion, cfg: SampleConfig, *, shape: tuple[int, int,
         g = gens[start:start + cfg.batch_size]
         x_T = randn((len(g), *shape), g).to(device)
         kwargs = {} if labels is None else {"y": labels[start:start + len(g)].to(device)}
+        kwargs.update({k: v[start:start + len(g)].to(device) for k, v in (model_kwargs or {}).items()})
         outs.append(sampler(model, diffusion, x_T, generator=g, model_kwargs=kwargs, **options))
     if len(outs) == 1:
         return outs[0]
@@ -177,7 +184,16 @@ def build_guided_model(run, sample: SampleConfig, guidance: GuidanceOptions | No
     m = run.config.model
     model, diffusion, options, parts = run.model, run.diffusion, {}, []
     num_classes = m.num_classes
-    if g.guidance_scale is not None:
+    prompts = run.conditioning.prompts if getattr(run, "conditioning", None) is not None else None
+    if g.guidance_scale is not None and prompts is not None:   # text: the empty prompt is the null condition
+        if run.config.train.class_dropout <= 0:
+            raise ValueError("classifier-free guidance needs the empty prompt, but this model was trained with "
+                             "train.class_dropout=0 (no caption dropout), so the null condition was never trained")
+        model = classifier_free(model, g.guidance_scale, uncond=prompts.uncond, convention=g.convention,
+                                rescale=g.rescale)
+        parts.append(f"classifier-free guidance {'w' if g.convention == 'w' else 's'}={g.guidance_scale:g} "
+                     "(null condition: the empty prompt)" + (f", rescale {g.rescale:g}" if g.rescale else ""))
+    elif g.guidance_scale is not None:
         if m.num_classes is None:
             raise ValueError("classifier-free guidance needs a class-conditional model trained with label dropout; "
                              "this model is unconditional (model.num_classes is null)")

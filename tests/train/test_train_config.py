@@ -126,7 +126,7 @@ def test_files_merge_over_presets(tmp_path):
 def test_saved_yaml_is_plain_data(tmp_path):
     path = save_config(get_run_preset("tiny"), tmp_path / "c.json")
     d = json.loads(path.read_text())
-    assert set(d) == {"model", "diffusion", "data", "train", "sample"}
+    assert set(d) == {"model", "diffusion", "data", "train", "sample", "latent", "cond"}
     assert d["model"]["channel_mult"] == [1, 2]
 
 

@@ -216,3 +216,27 @@ def test_corrupt_checkpoints_are_reported_clearly(tmp_path):
     (tmp_path / "run" / "checkpoints" / "latest").write_text("../../etc")
     with pytest.raises(CheckpointError, match="latest is corrupt"):
         load_run(tmp_path / "run")
+
+
+def test_time_budget_stops_training_and_checkpoints_by_training_time(tmp_path, monkeypatch):
+    import types
+
+    import difflab.train.loop as loop
+    from difflab.train.checkpoint import load_training_state
+
+    # a fake clock that advances one second per reading: every optimiser step takes exactly 1 s
+    clock = iter(range(10**6))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    budget = ["train.steps=20", "train.checkpoint_every=100", "train.keep_checkpoints=10", "sample.n=2",
+              "sample.steps=2", "train.checkpoint_every_minutes=0.05"]            # 3 s
+    res = train(tiny(*budget, "train.max_minutes=0.1"), tmp_path / "run", **QUIET)   # 6 s
+    assert res.step == 6 and not res.interrupted and res.samples.is_file()
+    ckpts = list_checkpoints(tmp_path / "run")
+    assert [p.name for p in ckpts] == ["step_00000003", "step_00000006"]
+    assert [load_training_state(p)["train_seconds"] for p in ckpts] == [3.0, 6.0]
+    # resuming continues the training-time count: a 9 s budget adds 3 steps
+    res = train(tiny(*budget, "train.max_minutes=0.15"), tmp_path / "run", resume=True, **QUIET)
+    assert res.step == 9
+    assert load_training_state(list_checkpoints(tmp_path / "run")[-1])["train_seconds"] == 9.0
+    with pytest.raises(ConfigError, match="max_minutes"):
+        tiny("train.max_minutes=-1")

@@ -1,0 +1,136 @@
+"""The DDPM / Improved DDPM ablation on MNIST: L_simple against L_hybrid with learned variance.
+
+Two runs of the same network, data, optimiser and wall-clock budget (``difflab train --preset
+mnist-fast`` with ``train.max_minutes``), differing only in the objective, as in the papers:
+
+- ``simple``: eps prediction, L_simple (unweighted eps MSE), fixed variance sigma^2 = beta-tilde;
+- ``hybrid``: eps prediction, L_hybrid = L_simple + 0.001 L_vlb with the learned interpolated
+  variance of iDDPM eq. 15 (``learned_range``; the network outputs 2 channels).
+
+Each is evaluated for sample quality (Frechet distance to the 10k test split in the clean
+evaluation classifier's feature space, ``--n`` ancestral DDPM samples on a ``--steps``-step
+respaced chain, EMA weights) and likelihood (test bits/dim with the full T-step variational
+bound on ``--nll-n`` test images, with its standard error). The papers' pattern: L_simple gives
+the better samples, the learned variance the better likelihood.
+
+    .venv/bin/python benchmarks/loss_ablation.py --minutes 10 --out runs/loss-ablation
+
+Both runs train at the same time with one thread each; their evaluations too. Writes the
+"## L_simple vs L_hybrid (MNIST)" section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from sampler_quality import evaluator, fd_of, ours, write_section  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+ARTIFACTS = ROOT / "benchmarks" / "artifacts"
+HEADING = "## L_simple vs L_hybrid (MNIST)"
+VARIANTS = {
+    "simple": ["diffusion.prediction=eps", "diffusion.loss_weighting=none", "diffusion.loss=simple",
+               "diffusion.variance=fixed_small", "model.learn_sigma=false"],
+    "hybrid": ["diffusion.prediction=eps", "diffusion.loss_weighting=none", "diffusion.loss=hybrid",
+               "diffusion.variance=learned_range", "model.learn_sigma=true"],
+}
+
+
+def child(cmd: list[str], log: Path) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    print("$ " + " ".join(cmd), flush=True)
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def run_all(procs: dict[str, subprocess.Popen], what: str, out: Path) -> None:
+    for name, p in procs.items():
+        if p.wait() != 0:
+            raise SystemExit(f"{what} of {name} failed (exit {p.returncode}); see {out / (name + '.' + what + '.log')}")
+
+
+def evaluate(variant: str, args) -> dict:
+    from difflab.data import load_dataset
+    from difflab.eval.nll import evaluate_nll
+    from difflab.train.checkpoint import load_run
+
+    torch.set_num_threads(1)
+    run = load_run(Path(args.out) / variant)
+    feat, ref, train, test = evaluator("mnist", args.data_root)
+    t0 = time.perf_counter()
+    images, nfe = ours(run, "ddpm", args.steps, args.n, args.seed, args.batch)
+    fd = fd_of(feat, ref, images)
+    sample_s = time.perf_counter() - t0
+    test_images = load_dataset("mnist", root=args.data_root, split="test").to_float()[:args.nll_n]
+    t0 = time.perf_counter()
+    nll = evaluate_nll(run.model, run.diffusion, test_images, batch_size=50, seed=args.seed)
+    row = dict(variant=variant, step=run.step, fd=fd, nfe=nfe, sample_seconds=sample_s, **nll.to_dict(),
+               nll_seconds=time.perf_counter() - t0)
+    (Path(args.out) / f"{variant}.eval.json").write_text(json.dumps(row))
+    return row
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0, help="training wall-clock per run")
+    ap.add_argument("--out", default="runs/loss-ablation")
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--n", type=int, default=1000, help="samples for the Frechet distance")
+    ap.add_argument("--steps", type=int, default=50, help="respaced DDPM steps for sampling")
+    ap.add_argument("--nll-n", type=int, default=100, help="test images for bits/dim")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--_eval", dest="eval_variant", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.eval_variant:
+        print(json.dumps(evaluate(args.eval_variant, args)))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.eval_only:
+        run_all({v: child([sys.executable, "-m", "difflab", "train", "--preset", "mnist-fast", "--out", str(out / v),
+                           "--no-progress", "--set", f"data.root={args.data_root}", f"train.max_minutes={args.minutes}",
+                           "train.num_threads=1", f"train.seed={args.seed}", *VARIANTS[v]], out / f"{v}.train.log")
+                 for v in VARIANTS}, "train", out)
+    passthrough = ["--out", args.out, "--data-root", args.data_root, "--n", str(args.n), "--steps", str(args.steps),
+                   "--nll-n", str(args.nll_n), "--batch", str(args.batch), "--seed", str(args.seed)]
+    run_all({v: child([sys.executable, __file__, "--_eval", v, *passthrough], out / f"{v}.eval.log")
+             for v in VARIANTS}, "eval", out)
+    rows = [json.loads((out / f"{v}.eval.json").read_text()) for v in VARIANTS]
+
+    lines = [HEADING, "", f"Command: `python benchmarks/loss_ablation.py {' '.join(a for a in argv if a != '--eval-only')}`",
+             "", f"Both runs: the `mnist-fast` recipe with eps prediction and no loss weighting, {args.minutes:g} minutes "
+             "of training wall-clock each, trained at the same time with one thread each (same seed, data order and "
+             f"network except the variance channels). Samples: {args.n} ancestral DDPM samples on a {args.steps}-step "
+             "respaced chain (sigma^2 = beta-tilde for L_simple, the learned variance for L_hybrid), EMA weights, FD "
+             "to the 10k test split in the clean evaluation classifier's feature space. Likelihood: bits/dim of the "
+             f"first {rows[0]['n']} test images with the full variational bound (all T terms + L_T), EMA weights.", "",
+             "| objective | variance | steps trained | FD | test bits/dim (+- s.e.) | L_0 (bits/dim) | L_T |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        var = "fixed beta-tilde" if r["variant"] == "simple" else "learned (iDDPM eq. 15)"
+        lines.append(f"| L_{r['variant']} | {var} | {r['step']} | {r['fd']:.2f} | {r['bpd']:.3f} +- {r['bpd_se']:.3f} "
+                     f"| {r['decoder_bpd']:.3f} | {r['prior_bpd']:.2e} |")
+    lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section(RESULTS, HEADING, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""Sample quality against training wall-clock: difflab's ``mnist-fast`` recipe beside diffusers' recipe.
+
+Both recipes train on the same MNIST training split for the same wall-clock budget, each in its
+own process, and save their weights every ``--every`` minutes of training time (the time spent
+saving is not counted). Afterwards every saved point is evaluated the same way: ``--n`` samples
+drawn from the same starting noise with at most 50 network evaluations, Frechet distance to the
+10k test split in the feature space of difflab's clean evaluation classifier
+(benchmarks/artifacts/eval_classifier_mnist, trained on the training split only), and the floor:
+``--n`` real training images against the test split.
+
+The recipes:
+
+- ``difflab``: ``difflab train --preset mnist-fast`` with ``train.max_minutes`` and
+  ``train.checkpoint_every_minutes`` set to the budget; sampled with the preset's sampler.
+- ``diffusers``: the documented training loop of diffusers' "Train a diffusion model" tutorial
+  on the network the issue names: ``UNet2DModel`` with channels 32/64/64, two ResNet blocks per
+  level, self-attention at 14x14; ``DDPMScheduler`` (1000 linear steps), AdamW lr 1e-4, 500 warm-up
+  steps then a half-cosine decay that reaches 0 at the end of the time budget,
+  gradient-norm clipping at 1, batch 64, MSE on the noise, no EMA; sampled with 50 DDIM steps
+  (``DDIMScheduler`` built from the training scheduler's config, eta 0).
+
+    .venv/bin/python benchmarks/quality_vs_time.py --minutes 25 --every 5 --out runs/quality-vs-time
+
+``--parallel`` trains both recipes at the same time with one thread each (each gets half the
+machine); the default trains them one after the other with every thread. Writes the
+"## Quality vs training time (MNIST)" section of benchmarks/RESULTS.md, a plot and the final
+sample grids in benchmarks/artifacts/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from sampler_quality import evaluator, fd_of, ours, write_section  # noqa: E402
+
+ARTIFACTS = ROOT / "benchmarks" / "artifacts"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+HEADING = "## Quality vs training time (MNIST)"
+DIFFUSERS_BATCH = 64
+
+
+# ----------------------------------------------------------------------------- the diffusers recipe
+def diffusers_unet():
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=28, in_channels=1, out_channels=1, layers_per_block=2,
+                       block_out_channels=(32, 64, 64),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+
+
+def train_diffusers(out: Path, data_root: str, minutes: float, every: float, seed: int) -> None:
+    """diffusers' tutorial loop, stopped by training time; weights saved every ``every`` minutes."""
+    from diffusers import DDPMScheduler
+
+    from difflab.data import load_dataset
+
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    images = load_dataset("mnist", root=data_root, split="train").to_float()
+    model = diffusers_unet()
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+
+    def step_once(lr: float) -> float:
+        idx = torch.randint(0, len(images), (DIFFUSERS_BATCH,), generator=gen)
+        x_0 = images[idx]
+        noise = torch.randn(x_0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (DIFFUSERS_BATCH,), generator=gen)
+        noisy = sched.add_noise(x_0, noise, t)
+        loss = torch.nn.functional.mse_loss(model(noisy, t, return_dict=False)[0], noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        return loss.item()
+
+    # The tutorial warms up for 500 steps, then decays the lr on a half cosine to 0 at the end of
+    # training (get_cosine_schedule_with_warmup); with a time budget, "the end" is the budget.
+    warm_end = {}
+
+    def lr_at(step: int, train_s: float) -> float:
+        if step < 500:
+            return 1e-4 * (step + 1) / 500
+        t0 = warm_end.setdefault("s", train_s)
+        progress = min(1.0, (train_s - t0) / max(1e-9, minutes * 60 - t0))
+        return 1e-4 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    print(f"diffusers recipe: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+    model.train()
+    train_s, step, mark, losses = 0.0, 0, every * 60, []
+    while train_s < minutes * 60:
+        t0 = time.perf_counter()
+        losses.append(step_once(lr_at(step, train_s)))
+        train_s += time.perf_counter() - t0
+        step += 1
+        if train_s >= mark or train_s >= minutes * 60:
+            m = round(min(train_s, minutes * 60) / 60 / every) * every
+            torch.save(model.state_dict(), out / f"min_{m:05.1f}.pt")
+            (out / f"min_{m:05.1f}.json").write_text(json.dumps(
+                {"minutes": m, "step": step, "train_seconds": train_s, "loss": sum(losses[-50:]) / len(losses[-50:]),
+                 "images_per_s": step * DIFFUSERS_BATCH / train_s}))
+            print(f"diffusers recipe: {train_s / 60:.2f} min, step {step}, loss {losses[-1]:.4f}", flush=True)
+            mark += every * 60
+
+
+@torch.no_grad()
+def sample_diffusers(state_path: Path, n: int, seed: int, batch: int, steps: int = 50) -> torch.Tensor:
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from difflab.rng import per_sample_generators, randn
+
+    model = diffusers_unet()
+    model.load_state_dict(torch.load(state_path, weights_only=True))
+    model.eval()
+    ddim = DDIMScheduler.from_config(DDPMScheduler(num_train_timesteps=1000).config)
+    outs = []
+    for start in range(0, n, batch):
+        gens = per_sample_generators([seed * 2**20 + i for i in range(start, min(start + batch, n))])
+        x = randn((len(gens), 1, 28, 28), gens)
+        ddim.set_timesteps(steps)
+        for t in ddim.timesteps:
+            x = ddim.step(model(x, t, return_dict=False)[0], t, x, eta=0.0).prev_sample
+        outs.append(x)
+    return torch.cat(outs).clamp(-1, 1)
+
+
+# ----------------------------------------------------------------------------- training both recipes
+def launch(recipe: str, args, threads: int) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    out = Path(args.out) / recipe
+    log = open(Path(args.out) / f"{recipe}.log", "w")
+    if recipe == "difflab":
+        cmd = [sys.executable, "-m", "difflab", "train", "--preset", "mnist-fast", "--out", str(out), "--no-progress",
+               "--set", f"data.root={args.data_root}", f"train.max_minutes={args.minutes}",
+               f"train.checkpoint_every_minutes={args.every}", f"train.num_threads={threads}",
+               f"train.keep_checkpoints={int(math.ceil(args.minutes / args.every)) + 2}", f"train.seed={args.seed}"]
+    else:
+        cmd = [sys.executable, __file__, "--_train-diffusers", str(out), "--data-root", args.data_root,
+               "--minutes", str(args.minutes), "--every", str(args.every), "--seed", str(args.seed),
+               "--threads", str(threads)]
+    print("$ " + " ".join(cmd), flush=True)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def train_all(args) -> None:
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "mode.json").write_text(json.dumps({"parallel": args.parallel,
+                                                          "threads": 1 if args.parallel else args.threads
+                                                          or os.cpu_count()}))
+    recipes = ("difflab", "diffusers")
+    if args.parallel:
+        procs = [launch(r, args, 1) for r in recipes]
+    else:
+        procs = []
+        for r in recipes:
+            p = launch(r, args, args.threads or os.cpu_count())
+            p.wait()
+            procs.append(p)
+    for r, p in zip(recipes, procs):
+        if p.wait() != 0:
+            raise SystemExit(f"the {r} recipe failed (exit {p.returncode}); see {Path(args.out) / (r + '.log')}")
+
+
+# ----------------------------------------------------------------------------- evaluation
+def points(out: Path, recipe: str, every: float) -> list[tuple[float, Path, dict]]:
+    """(training minutes, checkpoint, info) of every saved point of a recipe."""
+    found = []
+    if recipe == "difflab":
+        from difflab.train.checkpoint import list_checkpoints, load_training_state
+
+        # the time-based checkpoints are the first ones at or past each mark (step-based ones fall between)
+        ckpts = [(load_training_state(c)["train_seconds"] / 60, c) for c in list_checkpoints(out / recipe)]
+        marks = sorted({math.floor(m / every + 1e-9) * every for m, _ in ckpts})
+        for mark in marks:
+            minutes, ckpt = min(((m, c) for m, c in ckpts if m >= mark - 1e-9), key=lambda mc: mc[0])
+            if minutes - mark > 0.5:
+                continue   # that mark's checkpoint was pruned (train.keep_checkpoints)
+            found.append((mark, ckpt, {"step": int(ckpt.name.split("_")[-1]), "minutes": minutes}))
+    else:
+        for meta in sorted((out / recipe).glob("min_*.json")):
+            info = json.loads(meta.read_text())
+            found.append((info["minutes"], meta.with_suffix(".pt"), {"step": info["step"],
+                                                                     "minutes": info["train_seconds"] / 60}))
+    found = [p for p in found if p[0] > 0]
+    return sorted({p[0]: p for p in found}.values(), key=lambda p: p[0])   # one point per mark
+
+
+def evaluate_recipe(args, recipe: str) -> list[dict]:
+    """FD of every saved point of one recipe; writes <out>/<recipe>.eval.json."""
+    from difflab.train.checkpoint import load_run
+    from difflab.viz import save_grid
+
+    out = Path(args.out)
+    feat, ref, train, test = evaluator("mnist", args.data_root)
+    g = torch.Generator().manual_seed(args.seed)
+    floor = fd_of(feat, ref, train.to_float()[torch.randperm(len(train), generator=g)[:args.n]])
+    print(f"floor: {args.n} training images vs test: FD {floor:.3f}", flush=True)
+    rows, saved = [], points(out, recipe, args.every)
+    for minutes, path, info in saved:
+        t0 = time.perf_counter()
+        if recipe == "difflab":
+            run = load_run(path)
+            s = run.config.sample
+            images, nfe = ours(run, s.sampler, s.steps, args.n, args.seed, args.batch, eta=s.eta)
+            how = f"{s.sampler} {s.steps} steps" + (f", eta {s.eta:g}" if s.sampler in ("ddim", "dpm++2m") else "")
+        else:
+            images, nfe, how = sample_diffusers(path, args.n, args.seed, args.batch), 50, "DDIMScheduler 50 steps"
+        fd = fd_of(feat, ref, images)
+        rows.append(dict(recipe=recipe, minutes=minutes, train_minutes=info["minutes"], step=info["step"],
+                         fd=fd, floor=floor, nfe=nfe, sampler=how, eval_seconds=time.perf_counter() - t0))
+        print(json.dumps(rows[-1]), flush=True)
+        if minutes == saved[-1][0]:
+            save_grid(images[:64], ARTIFACTS / f"quality_vs_time_{recipe}_samples.png", nrow=8)
+    if recipe == "difflab" and saved and args.final_n and args.final_n != args.n:
+        # the 3x-floor target is stated for 1,000 samples: the last point again at that count
+        t0 = time.perf_counter()
+        floor_n = fd_of(feat, ref, train.to_float()[torch.randperm(len(train), generator=g)[:args.final_n]])
+        images, nfe = ours(load_run(saved[-1][1]), s.sampler, s.steps, args.final_n, args.seed, args.batch, eta=s.eta)
+        rows.append(dict(recipe="difflab-final", minutes=saved[-1][0], train_minutes=saved[-1][2]["minutes"],
+                         step=saved[-1][2]["step"], fd=fd_of(feat, ref, images), floor=floor_n, n=args.final_n,
+                         nfe=nfe, sampler=how, eval_seconds=time.perf_counter() - t0))
+        print(json.dumps(rows[-1]), flush=True)
+    (out / f"{recipe}.eval.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def evaluate_all(args) -> list[dict]:
+    """Both recipes' points, evaluated in two processes at once (one thread each) with --parallel."""
+    recipes = ("difflab", "diffusers")
+    if args.parallel:
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        common = ["--out", args.out, "--data-root", args.data_root, "--every", str(args.every), "--n", str(args.n),
+                  "--final-n", str(args.final_n),
+                  "--batch", str(args.batch), "--seed", str(args.seed), "--threads", "1"]
+        procs = [subprocess.Popen([sys.executable, __file__, "--_eval-recipe", r, *common], env=env, cwd=ROOT,
+                                  stdout=open(Path(args.out) / f"{r}.eval.log", "w"), stderr=subprocess.STDOUT)
+                 for r in recipes]
+        for r, p in zip(recipes, procs):
+            if p.wait() != 0:
+                raise SystemExit(f"evaluating {r} failed; see {Path(args.out) / (r + '.eval.log')}")
+        rows = [row for r in recipes for row in json.loads((Path(args.out) / f"{r}.eval.json").read_text())]
+    else:
+        rows = [row for r in recipes for row in evaluate_recipe(args, r)]
+    (ARTIFACTS / "quality_vs_time.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def report(rows: list[dict], args, argv: list[str]) -> str:
+    from difflab.viz import _figure, _save_fig
+
+    floor = rows[0]["floor"]
+    by = {(r["recipe"], r["minutes"]): r for r in rows}
+    marks = sorted({r["minutes"] for r in rows})
+    how = json.loads((Path(args.out) / "mode.json").read_text())
+    mode = ("both recipes at the same time, one thread each (each had half of the machine)" if how["parallel"]
+            else f"one recipe after the other, {how['threads']} threads each")
+    lines = [HEADING, "", f"Command: `python benchmarks/quality_vs_time.py {' '.join(argv)}`", "",
+             f"MNIST, {args.minutes:g} minutes of training wall-clock per recipe on this machine ({mode}); "
+             f"every {args.every:g} minutes of training time the weights are saved and later evaluated: {args.n} "
+             f"samples (sample i seeded {args.seed} * 2^20 + i), Frechet distance to the 10k test split in the feature "
+             "space of difflab's clean evaluation classifier (`eval-classifier-mnist`, 99.55% test accuracy). "
+             f"Floor: {args.n} real training images against the test split: FD **{floor:.3f}**.", "",
+             "| training minutes | difflab mnist-fast: step | FD | FD / floor | diffusers recipe: step | FD | FD / floor "
+             "| difflab / diffusers |", "|---|---|---|---|---|---|---|---|"]
+    for m in marks:
+        a, b = by.get(("difflab", m)), by.get(("diffusers", m))
+        cells = [f"{m:g}"]
+        for r in (a, b):
+            cells += ([str(r["step"]), f"{r['fd']:.2f}", f"{r['fd'] / floor:.2f}x"] if r else ["-", "-", "-"])
+        cells.append(f"{a['fd'] / b['fd']:.2f}" if a and b else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    final = next((r for r in rows if r["recipe"] == "difflab-final"), None)
+    rows = [r for r in rows if r["recipe"] != "difflab-final"]
+    ours_rows = [r for r in rows if r["recipe"] == "difflab"]
+    peer_rows = [r for r in rows if r["recipe"] == "diffusers"]
+    half = all(by[("difflab", m)]["fd"] <= 0.5 * by[("diffusers", m)]["fd"] for m in marks
+               if ("difflab", m) in by and ("diffusers", m) in by)
+    last = final or (ours_rows[-1] if ours_rows else None)
+    lines += ["", f"Samplers: difflab {ours_rows[0]['sampler'] if ours_rows else '-'} ({ours_rows[0]['nfe'] if ours_rows else '-'} NFE, EMA weights); "
+                  f"diffusers {peer_rows[0]['sampler'] if peer_rows else '-'} (50 NFE).", "",
+              f"Targets: difflab at most half of the diffusers recipe's distance at every point: "
+              f"{'met' if half else 'NOT met'}; at most 3x the floor by {args.minutes:g} minutes "
+              f"({last.get('n', args.n) if last else '-'} samples): "
+              + (f"FD {last['fd']:.2f} against a floor of {last['floor']:.2f} = {last['fd'] / last['floor']:.2f}x, "
+                 f"{'met' if last['fd'] <= 3 * last['floor'] else 'NOT met'}" if last else "-")
+              + ".", ""]
+    plot = ARTIFACTS / "quality_vs_time.png"
+    fig = _figure((6.5, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for recipe, label in (("difflab", "difflab mnist-fast"), ("diffusers", "diffusers recipe")):
+        rs = [r for r in rows if r["recipe"] == recipe]
+        ax.plot([r["minutes"] for r in rs], [r["fd"] for r in rs], marker="o", label=label)
+    ax.axhline(floor, color="gray", linestyle="--", label="floor (1k real train vs test)")
+    ax.axhline(3 * floor, color="gray", linestyle=":", label="3x floor (target)")
+    ax.set_yscale("log")
+    ax.set_xlabel("training wall-clock (minutes)")
+    ax.set_ylabel("Frechet distance to test split")
+    ax.legend(fontsize=8)
+    _save_fig(fig, plot)
+    lines += [f"![quality vs time]({plot.relative_to(RESULTS.parent).as_posix()})", "",
+              "Final samples (first 64 of the evaluated samples), difflab mnist-fast and the diffusers recipe:", "",
+              "![difflab](artifacts/quality_vs_time_difflab_samples.png) "
+              "![diffusers](artifacts/quality_vs_time_diffusers_samples.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=25.0, help="training wall-clock per recipe")
+    ap.add_argument("--every", type=float, default=5.0, help="evaluate every N minutes of training")
+    ap.add_argument("--out", default="runs/quality-vs-time")
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--n", type=int, default=1000, help="samples per evaluation")
+    ap.add_argument("--final-n", type=int, default=1000, help="samples for the last difflab point (3x-floor target)")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="threads per recipe (default: all cores)")
+    ap.add_argument("--parallel", action="store_true", help="train both recipes at once, one thread each")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the saved points of an earlier run")
+    ap.add_argument("--train-only", action="store_true", help="train and save the points; evaluate later")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
+    ap.add_argument("--_train-diffusers", dest="train_diffusers", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_eval-recipe", dest="eval_recipe", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.train_diffusers:
+        train_diffusers(Path(args.train_diffusers), args.data_root, args.minutes, args.every, args.seed)
+        return
+    if args.eval_recipe:
+        evaluate_recipe(args, args.eval_recipe)
+        return
+    if not args.eval_only:
+        train_all(args)
+    if args.train_only:
+        return
+    rows = evaluate_all(args)
+    text = report(rows, args, [a for a in argv if a not in ("--eval-only", "--train-only")])
+    print(text)
+    if not args.no_write:
+        write_section(RESULTS, HEADING, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""`difflab sample` for latent, text-conditioned and super-resolution runs (``--prompt``, ``--cond-from-test``)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .common import UsageError, _format_duration, _say
+
+
+def add_conditioning_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("text and image conditioning")
+    g.add_argument("--prompt", nargs="+", action="extend", metavar="TEXT",
+                   help="prompt(s) for a text-conditioned run, one grid row each (-n images per prompt, default 8); "
+                        "with --guidance-scale W the empty prompt is the null condition")
+    g.add_argument("--cond-from-test", type=int, metavar="N",
+                   help="super-resolution runs: condition on the low-resolution versions of the first N test images; "
+                        "writes the inputs, outputs and targets as grids")
+
+
+def check_conditioning_arguments(args, run) -> None:
+    """UsageErrors for --prompt / --cond-from-test given to a run that takes no such input (and vice versa)."""
+    cond = run.conditioning
+    text = cond is not None and cond.prompts is not None
+    low_res = cond is not None and bool(run.config.cond.low_res_factor)
+    if args.prompt is not None and not text:
+        raise UsageError("--prompt: this model is not text-conditioned (it was trained with cond.text=none)")
+    if args.prompt is not None and any(not p.strip() for p in args.prompt):
+        raise UsageError("--prompt: a prompt must not be empty (the empty prompt is the null condition of guidance)")
+    if args.cond_from_test is not None and not low_res:
+        raise UsageError("--cond-from-test: this model is not a super-resolution model (cond.low_res_factor=0)")
+    if args.cond_from_test is not None and args.cond_from_test < 1:
+        raise UsageError(f"--cond-from-test must be >= 1, got {args.cond_from_test}")
+    if low_res and args.cond_from_test is None:
+        raise UsageError("this super-resolution model needs low-resolution inputs: add --cond-from-test N")
+    if cond is not None and (args.grid_by_class or args.class_label is not None) and run.config.model.num_classes is None:
+        raise UsageError("--class-label / --grid-by-class: this model takes no class labels")
+
+
+def _test_images(run, n: int):
+    from ..data import load_dataset
+
+    d = run.config.data
+    try:
+        ds = load_dataset(d.dataset, root=d.root, split="test", image_size=d.image_size, channels=d.channels)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"--cond-from-test: the test split of {d.dataset} could not be loaded "
+                         f"({str(e).splitlines()[0]})") from None
+    if n > len(ds):
+        raise UsageError(f"--cond-from-test {n}: the {d.dataset} test split has only {len(ds)} images")
+    return ds.get_batch(range(n))[0]
+
+
+def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
+    """Sample a run with a RunConditioning: decode latents, feed prompts or low-resolution inputs."""
+    from ..data.transforms import low_res_condition
+    from ..train.autoencoder import psnr
+    from ..viz import save_grid, save_images, save_trajectory_gif
+    from .sample import _gif_frames, _sample_labels
+
+    cond, m = run.conditioning, run.config.model
+    prompts = cond_images = None
+    options: dict = {}
+    nrow = None
+    if cond.prompts is not None:
+        try:
+            base = args.prompt or cond.default_prompts()
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        per_prompt = args.n or 8
+        prompts = [p for p in base for _ in range(per_prompt)]
+        options["seed_indices"] = [j for _ in base for j in range(per_prompt)]   # column j: the same noise
+        nrow = per_prompt
+        unknown = cond.prompts.unknown_words(base)
+        if unknown:
+            _say(f"note: words never seen in training are read as <unk>: {', '.join(unknown)}")
+    if args.cond_from_test is not None:
+        cond_images = _test_images(run, args.cond_from_test)
+        nrow = min(len(cond_images), 8)
+    if prompts is None and cond_images is None:
+        labels, seeds, columns = _sample_labels(args, guided, m.num_classes, sc.n)
+        options.update(labels=labels, seed_indices=seeds, num_classes=m.num_classes)
+        nrow = columns or (m.num_classes if labels is not None and args.class_label is None
+                           and len(labels) % m.num_classes == 0 else None)
+    n_total = len(prompts) if prompts is not None else len(cond_images) if cond_images is not None else None
+    model, diffusion, sampler_options = ((guided.model, guided.diffusion, guided.sampler_options) if guided is not None
+                                         else (run.model, run.diffusion, {}))
+    _say(f"sampling {n_total or sc.n} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
+         f"({run.weights} weights, step {run.step}) on {device}"
+         + (" in latent space" if cond.latent is not None else "")
+         + (f"; guidance: {guided.description}" if guided is not None else ""))
+    t0 = time.perf_counter()
+    try:
+        x, res = cond.sample(model, diffusion, sc, prompts=prompts, cond_images=cond_images, n=n_total, device=device,
+                             return_trajectory=bool(args.gif), progress=not args.no_progress,
+                             sampler_options=sampler_options, **options)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    written = [("grid", save_grid(x, out, nrow=nrow))]
+    if cond_images is not None:
+        low = low_res_condition(cond_images, run.config.cond.low_res_factor, cond_images.shape[-1])
+        written.append(("inputs", save_grid(low, out.with_name(out.stem + "-input.png"), nrow=nrow)))
+        written.append(("targets", save_grid(cond_images, out.with_name(out.stem + "-target.png"), nrow=nrow)))
+        _say(f"PSNR to the targets: samples {float(psnr(cond_images, x).mean()):.2f} dB, bilinear upsampling of "
+             f"the inputs {float(psnr(cond_images, low).mean()):.2f} dB (n={len(x)})")
+    if args.save_individual:
+        folder = out.with_suffix("")
+        save_images(x, folder, prefix="sample")
+        written.append(("images", folder))
+    if args.gif:
+        gif = Path(args.gif) if isinstance(args.gif, str) else out.with_suffix(".gif")
+        xs, x0s = _gif_frames(res.trajectory, res.pred_x0s)
+        written.append(("trajectory", save_trajectory_gif(cond.decode_frames(xs), cond.decode_frames(x0s), gif,
+                                                          nrow=nrow)))
+    _say(f"done: {len(x)} images, {res.nfe} network evaluations per batch, "
+         f"{_format_duration(time.perf_counter() - t0)}")
+    for label, path in written:
+        _say(f"  {label + ':':12s}{path}")
+    return 0
