@@ -18,7 +18,9 @@ model: its "accuracy" is chance-level agreement, a reference point.
     .venv/bin/python benchmarks/guidance_tradeoff.py --cfg-run runs/mnist-cfg --uncond-run runs/mnist-fast \\
         --classifier runs/mnist-noisy-classifier --n 1000
 
-Writes the "## Guidance trade-off (MNIST)" section of benchmarks/RESULTS.md and a plot.
+Writes the "## Guidance trade-off (MNIST)" section of benchmarks/RESULTS.md and a plot. To use
+both cores, measure one kind per process (``--kinds classifier-free --no-write`` and ``--kinds
+classifier --no-write`` at the same time), then write the report from their JSON with ``--kinds none``.
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--kinds", default="classifier-free,classifier",
+                    help="which guidance kinds to measure now (the others' rows are read from their last JSON, so two "
+                         "processes can measure one kind each)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -97,7 +102,13 @@ def main(argv=None):
                                    seed=args.seed, batch_size=args.batch)
 
     rows = []
+    kinds = args.kinds.split(",")
     for kind, values in (("classifier-free", args.cfg_weights), ("classifier", args.classifier_scales)):
+        stored = ARTIFACTS / f"guidance_tradeoff_{kind}.json"
+        if kind not in kinds:
+            rows += json.loads(stored.read_text()) if stored.is_file() else []
+            continue
+        measured = []
         for v in [float(x) for x in values.split(",")]:
             t0 = time.perf_counter()
             if kind == "classifier-free":
@@ -106,15 +117,18 @@ def main(argv=None):
             else:
                 images, labels, how = guided_samples(uncond, sample_cfg(uncond), GuidanceOptions(classifier_scale=v),
                                                      clf, args.n)
-            rows.append(dict(kind=kind, strength=v, guidance=how, n=args.n, seconds=time.perf_counter() - t0,
-                             **measure(feat, ref, images, labels)))
-            print(json.dumps(rows[-1]), flush=True)
+            measured.append(dict(kind=kind, strength=v, guidance=how, n=args.n, seconds=time.perf_counter() - t0,
+                                 **measure(feat, ref, images, labels)))
+            print(json.dumps(measured[-1]), flush=True)
             from difflab.viz import save_grid
             order = torch.argsort(labels[:100], stable=True)
             save_grid(images[:100][order], ARTIFACTS / "guidance" / f"{kind}_{v:g}.png", nrow=10)
-    (ARTIFACTS / "guidance_tradeoff.json").write_text(json.dumps(rows, indent=1))
+        stored.write_text(json.dumps(measured, indent=1))
+        rows += measured
 
-    lines = [HEADING, "", f"Command: `python benchmarks/guidance_tradeoff.py {' '.join(argv)}`", "",
+    cmd_args = [a for i, a in enumerate(argv) if a != "--kinds" and (i == 0 or argv[i - 1] != "--kinds")]
+    lines = [HEADING, "", f"Command: `python benchmarks/guidance_tradeoff.py {' '.join(cmd_args)}` (or the same "
+             "twice with `--kinds classifier-free` and `--kinds classifier`, in parallel)", "",
              f"Classifier-free guidance: `{args.cfg_run}` (class-conditional, step {cond.step}, "
              f"label dropout {cond.config.train.class_dropout:g}). Classifier guidance: `{args.uncond_run}` "
              f"(unconditional, step {uncond.step}) with the noise-aware classifier `{args.classifier}` "

@@ -58,7 +58,9 @@ def run_train_autoencoder(args) -> int:
     if result.quality is not None:
         q = result.quality
         _say(f"held-out reconstruction ({q['held_out']}, n={q['n']}): PSNR {q['psnr_db']:.2f} dB "
-             f"(std {q['psnr_db_std']:.2f}), mean |x - x_rec| {q['mean_abs_error']:.4f}")
+             f"(std {q['psnr_db_std']:.2f}), mean |x - x_rec| {q['mean_abs_error']:.4f}"
+             + (f", Frechet distance to the originals {q['fd']:.3f} ({q['fd_featurizer']} features)"
+                if q.get("fd") is not None else ", Frechet distance skipped (no evaluation classifier)"))
     for label, path in (("checkpoint", result.checkpoint), ("psnr", result.quality_json),
                         ("grid", result.reconstructions), ("loss curve", result.loss_plot),
                         ("metrics", result.metrics), ("config", run_dir / AE_CONFIG_NAME)):

@@ -14,7 +14,10 @@ minus the perceptual term):
 
 Held-out reconstruction quality (the ``train.eval_split`` split, or for datasets without
 one the last ``train.eval_n`` training images, left out of training) is written at the end:
-PSNR of the posterior-mean reconstruction, ``reconstruction.json`` and ``reconstructions.png``.
+PSNR of the posterior-mean reconstruction and the Frechet distance between the features of the
+reconstructions and of the same held-out originals (``difflab.eval``, the dataset's clean
+evaluation classifier: see :func:`find_eval_classifier`; skipped with a note when there is none),
+``reconstruction.json`` and ``reconstructions.png``.
 
 Layout of an autoencoder run folder (the checkpoint writer of ``difflab.train.checkpoint``)::
 
@@ -78,6 +81,7 @@ class AutoencoderTrainConfig:
     keep_checkpoints: int = 2
     eval_split: str = "test"          # held-out split for PSNR (a held-out training slice if the dataset has none)
     eval_n: int = 1000                # held-out images evaluated
+    eval_classifier: str = "auto"     # FD featurizer: auto (the dataset's saved one, if any) | none | a folder
     num_threads: int = 0
     device: str = "auto"
 
@@ -98,6 +102,9 @@ class AutoencoderTrainConfig:
             raise ConfigError(f"train.adam_betas must lie in [0, 1), got {list(self.adam_betas)}")
         if self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
             raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if not isinstance(self.eval_classifier, str) or not self.eval_classifier.strip():
+            raise ConfigError("train.eval_classifier must be 'auto', 'none' or the folder of an evaluation classifier "
+                              f"(difflab.eval.save_eval_classifier), got {self.eval_classifier!r}")
 
 
 @dataclass(frozen=True)
@@ -215,23 +222,93 @@ def psnr(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse.clamp(min=1e-12))
 
 
+def eval_classifier_dirs(dataset: str) -> list[Path]:
+    """Where ``train.eval_classifier=auto`` looks for ``dataset``'s evaluation classifier, in order:
+    the classifier saved with the benchmarks of a source checkout
+    (``benchmarks/artifacts/eval_classifier_<dataset>``, ``-`` spelled ``_``: the one every FD in
+    benchmarks/RESULTS.md uses), then the cache that ``difflab evaluate`` fills
+    (``~/.cache/difflab/eval_classifier/<dataset>``)."""
+    from ..eval import default_classifier_path
+
+    repo = Path(__file__).resolve().parents[2]
+    saved = repo / "benchmarks" / "artifacts" / f"eval_classifier_{dataset.replace('-', '_')}"
+    return [saved, default_classifier_path(dataset)]
+
+
+def find_eval_classifier(dataset: str) -> Path | None:
+    """The first folder of :func:`eval_classifier_dirs` that holds a saved evaluation classifier
+    trained on ``dataset`` (by the ``dataset`` recorded beside its weights); None if there is none.
+    Nothing is trained here: a missing classifier means no Frechet distance."""
+    from ..eval import load_metadata
+
+    for directory in eval_classifier_dirs(dataset):
+        if (directory / "model.safetensors").is_file() and (directory / "config.json").is_file():
+            try:
+                trained_on = load_metadata(directory).get("dataset", dataset)
+            except (OSError, ValueError):
+                continue
+            if trained_on == dataset:
+                return directory
+    return None
+
+
+def _fd_featurizer(config: "AutoencoderRunConfig", device, log):
+    """``(ClassifierFeaturizer or None, its folder or None)`` for ``train.eval_classifier``; resolved
+    before training so that a bad folder is reported before any time is spent."""
+    from ..eval import ClassifierFeaturizer, load_metadata
+
+    choice, dataset = config.train.eval_classifier, config.data.dataset
+    if choice == "none":
+        return None, None
+    directory = find_eval_classifier(dataset) if choice == "auto" else Path(choice)
+    if directory is None:
+        log(f"note: no evaluation classifier for {dataset} (looked in "
+            f"{', '.join(map(str, eval_classifier_dirs(dataset)))}); the Frechet distance of reconstructions is "
+            "skipped (difflab evaluate trains and caches one; or set train.eval_classifier=FOLDER)")
+        return None, None
+    try:
+        featurizer = ClassifierFeaturizer.from_directory(directory, device=device)
+        trained_on = load_metadata(directory).get("dataset")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"train.eval_classifier={choice}: {e}") from None
+    if trained_on not in (None, dataset):
+        log(f"note: train.eval_classifier={choice} was trained on {trained_on}, not on {dataset}")
+    return featurizer, directory
+
+
 @torch.no_grad()
-def reconstruction_quality(ae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+def reconstruction_quality(ae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256,
+                           featurizer=None) -> dict[str, Any]:
     """PSNR and mean absolute error of the posterior-mean reconstructions ``D(E(x).mode())``
-    (clamped to [-1, 1]) of ``images`` (float, [-1, 1])."""
+    (clamped to [-1, 1]) of ``images`` (float, [-1, 1]); with a ``featurizer``
+    (:class:`difflab.eval.Featurizer`) also ``fd``: the Frechet distance between the features of
+    the reconstructions and those of ``images`` (the reference; both n images, so a perfect
+    autoencoder scores 0)."""
     device = next(ae.parameters()).device
     was_training = ae.training
     ae.eval()
-    values, abs_err = [], 0.0
+    values, abs_err, recs = [], 0.0, []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
         x_rec = ae.decode(ae.encode(x).mode()).clamp(-1, 1)
         values.append(psnr(x, x_rec).double().cpu())
         abs_err += float((x - x_rec).abs().flatten(1).mean(dim=1).sum())
+        if featurizer is not None:
+            recs.append(x_rec.cpu())
     ae.train(was_training)
     p = torch.cat(values)
-    return {"psnr_db": float(p.mean()), "psnr_db_std": float(p.std()) if len(p) > 1 else 0.0,
-            "mean_abs_error": abs_err / len(images), "n": len(images)}
+    out = {"psnr_db": float(p.mean()), "psnr_db_std": float(p.std()) if len(p) > 1 else 0.0,
+           "mean_abs_error": abs_err / len(images), "n": len(images)}
+    if featurizer is not None:
+        from ..eval import compute_stats, frechet_distance
+
+        if len(images) < 2:
+            raise ValueError(f"the Frechet distance needs at least 2 held-out images, got {len(images)}")
+        ref = compute_stats(featurizer.features(images, batch_size), featurizer.name, "held-out", "originals")
+        rec = compute_stats(featurizer.features(torch.cat(recs), batch_size), featurizer.name, "held-out",
+                            "reconstructions")
+        out.update(fd=frechet_distance(rec, ref), fd_featurizer=featurizer.name)
+    return out
 
 
 # ----------------------------------------------------------------------------- train
@@ -309,6 +386,10 @@ def _train(config: AutoencoderRunConfig, run_dir: Path, device, resume, dataset,
                           "folder (--out)")
 
     train_images, held_images, held_name, ds = _train_and_held_out(config, dataset, eval_dataset, log)
+    featurizer, featurizer_dir = _fd_featurizer(config, device, log)
+    if featurizer is not None and len(held_images) < 2:
+        log(f"note: only {len(held_images)} held-out image; the Frechet distance of reconstructions is skipped")
+        featurizer = None
     if tc.batch_size > len(train_images):
         raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the {len(train_images)} training images")
     images = train_images.to(device)
@@ -409,9 +490,15 @@ def _train(config: AutoencoderRunConfig, run_dir: Path, device, resume, dataset,
         return result
 
     held = uint8_to_float(held_images)
-    quality = reconstruction_quality(ae, held)
+    quality = reconstruction_quality(ae, held, featurizer=featurizer)
     doc = {"held_out": held_name, "step": step, "checkpoint": str(last_ckpt), **quality,
            "reconstruction": "posterior mean, clamped to [-1, 1]; PSNR on the [0, 1] scale"}
+    if featurizer is not None:
+        doc.update(fd_classifier=str(featurizer_dir),
+                   fd_reference=f"features of the same {len(held)} held-out originals (fd_featurizer); "
+                                "0 = reconstructions indistinguishable from them")
+    else:
+        doc.update(fd=None, fd_note=f"no evaluation classifier (train.eval_classifier={tc.eval_classifier})")
     result.quality = doc
     result.quality_json = run_dir / RECONSTRUCTION_JSON
     _write_text_atomic(result.quality_json, json.dumps(doc, indent=2) + "\n")
@@ -444,6 +531,7 @@ def _restore(ckpt: Path, ae, disc, opt, d_opt, gen, stream, log) -> int:
 
 
 __all__ = [
-    "AE_RUN_PRESETS", "AutoencoderRunConfig", "AutoencoderTrainConfig", "AutoencoderTrainResult", "load_autoencoder",
-    "psnr", "reconstruction_quality", "resolve_autoencoder_config", "train_autoencoder",
+    "AE_RUN_PRESETS", "AutoencoderRunConfig", "AutoencoderTrainConfig", "AutoencoderTrainResult",
+    "eval_classifier_dirs", "find_eval_classifier", "load_autoencoder", "psnr", "reconstruction_quality",
+    "resolve_autoencoder_config", "train_autoencoder",
 ]
