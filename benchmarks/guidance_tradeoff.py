@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ def guided_samples(run, sample_cfg, guidance: GuidanceOptions, classifier, n: in
     guided = build_guided_model(run, sample_cfg, guidance, classifier)
     labels = torch.arange(n) % 10
     out = sample_images(guided.model, guided.diffusion, sample_cfg, shape=(1, 28, 28), n=n, labels=labels,
-                        sampler_options=guided.options, progress=False)
+                        sampler_options=guided.sampler_options, progress=False)
     return out.sample.clamp(-1, 1), labels, guided.description
 
 
@@ -93,7 +94,7 @@ def main(argv=None):
 
     feat, ref, train, test = evaluator("mnist", args.data_root)
     if ref.features is None:
-        ref = dataclasses.replace(ref, features=feat.features(test.to_float()).double().numpy())
+        ref = dataclasses.replace(ref, features=np.asarray(feat.features(test.to_float()), dtype=np.float32))
     cond, uncond = load_run(args.cfg_run), load_run(args.uncond_run)
     clf = load_classifier(args.classifier)
 
