@@ -53,7 +53,8 @@ from ..data.transforms import random_hflip, uint8_to_float
 from ..nn.autoencoder import AutoencoderConfig, AutoencoderKL, PatchDiscriminator, autoencoder_loss, \
     discriminator_loss, get_ae_preset
 from .checkpoint import MODEL_NAME, STATE_NAME, CheckpointError, _corrupt, _write_text_atomic, list_checkpoints, \
-    load_state_into, load_training_state, load_weights, read_latest, resolve_checkpoint, save_checkpoint_files
+    load_state_into, load_training_state, load_weights, read_latest, resolve_checkpoint, save_checkpoint_files, \
+    write_config_yaml
 from .loop import IndexStream, _stderr_log, _StopRequest, check_images_fit, plot_metrics, resolve_device
 from .metrics import MetricsLogger
 
@@ -178,10 +179,7 @@ def resolve_autoencoder_config(preset: str | None = None, config_file: str | os.
 
 
 def save_autoencoder_config(cfg: AutoencoderRunConfig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return path
+    return write_config_yaml(cfg, path)
 
 
 def load_autoencoder_config(path: str | os.PathLike) -> AutoencoderRunConfig:

@@ -102,6 +102,16 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_config_yaml(cfg, path: str | os.PathLike) -> Path:
+    """Write a config dataclass (anything with ``to_dict``) as YAML, atomically; returns the path."""
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path
+
+
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Complete-looking checkpoint folders of a run, oldest first."""
     root = Path(run_dir) / CHECKPOINTS_DIR

@@ -60,6 +60,7 @@ from .checkpoint import (
     _corrupt,
     _write_text_atomic,
     list_checkpoints,
+    write_config_yaml,
     load_checkpoint_config,
     load_state_into,
     load_training_state,
@@ -223,10 +224,7 @@ def resolve_classifier_config(preset: str | None = None, config_file: str | os.P
 
 
 def save_classifier_config(cfg: ClassifierRunConfig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return path
+    return write_config_yaml(cfg, path)
 
 
 def load_classifier_config(path: str | os.PathLike) -> ClassifierRunConfig:
