@@ -15,7 +15,7 @@ the requested class, and the Frechet distance to the 10k test split in that clas
 feature space (with precision and recall). At s = 0 classifier guidance is the unconditional
 model: its "accuracy" is chance-level agreement, a reference point.
 
-    .venv/bin/python benchmarks/guidance_tradeoff.py --cfg-run runs/mnist-cfg --uncond-run runs/mnist-fast \\
+    .venv/bin/python benchmarks/guidance_tradeoff.py --cfg-run runs/mnist-cfg --uncond-run runs/mnist-fast-uncond \\
         --classifier runs/mnist-noisy-classifier --n 1000
 
 Writes the "## Guidance trade-off (MNIST)" section of benchmarks/RESULTS.md and a plot. To use

@@ -8,7 +8,7 @@ since wall time does not depend on their values):
             10% dropped to the empty prompt, tokenised every step. Sampling encodes the prompts and
             decodes the latents with the autoencoder's decoder (both timed). A second sampling row
             uses classifier-free guidance (w = 3): two network evaluations per step.
-(b) pixel   the `mnist-fast` U-Net at 28x28 (unconditional).
+(b) pixel   the `mnist-fast-uncond` U-Net at 28x28 (unconditional).
 (c) pixel   the `mnist` U-Net preset at 28x28, whose parameter count is within a few percent of (a)'s
             (equal network size, as the latent-diffusion paper compares).
 
@@ -142,7 +142,7 @@ def latent_contender(batch: int, n: int, guidance: float | None) -> Contender:
 def pixel_contender(preset_unet: str, batch: int, n: int) -> Contender:
     from difflab.nn.presets import get_unet_preset
 
-    cfg = RUN_PRESETS["mnist-fast"]
+    cfg = RUN_PRESETS["mnist-fast-uncond"]
     unet_cfg = cfg.model if preset_unet == "mnist-fast" else get_unet_preset(preset_unet)
     torch.manual_seed(0)
     model = UNet(unet_cfg)

@@ -1,7 +1,7 @@
 """The DDPM / Improved DDPM ablation on MNIST: L_simple against L_hybrid with learned variance.
 
 Two runs of the same network, data, optimiser and wall-clock budget (``difflab train --preset
-mnist-fast`` with ``train.max_minutes``), differing only in the objective, as in the papers:
+mnist-fast-uncond`` with ``train.max_minutes``), differing only in the objective, as in the papers:
 
 - ``simple``: eps prediction, L_simple (unweighted eps MSE), fixed variance sigma^2 = beta-tilde;
 - ``hybrid``: eps prediction, L_hybrid = L_simple + 0.001 L_vlb with the learned interpolated
@@ -102,7 +102,7 @@ def main(argv=None):
         return
     out.mkdir(parents=True, exist_ok=True)
     if not args.eval_only:
-        run_all({v: child([sys.executable, "-m", "difflab", "train", "--preset", "mnist-fast", "--out", str(out / v),
+        run_all({v: child([sys.executable, "-m", "difflab", "train", "--preset", "mnist-fast-uncond", "--out", str(out / v),
                            "--no-progress", "--set", f"data.root={args.data_root}", f"train.max_minutes={args.minutes}",
                            "train.num_threads=1", f"train.seed={args.seed}", *VARIANTS[v]], out / f"{v}.train.log")
                  for v in VARIANTS}, "train", out)
@@ -113,7 +113,7 @@ def main(argv=None):
     rows = [json.loads((out / f"{v}.eval.json").read_text()) for v in VARIANTS]
 
     lines = [HEADING, "", f"Command: `python benchmarks/loss_ablation.py {' '.join(a for a in argv if a != '--eval-only')}`",
-             "", f"Both runs: the `mnist-fast` recipe with eps prediction and no loss weighting, {args.minutes:g} minutes "
+             "", f"Both runs: the `mnist-fast-uncond` recipe with eps prediction and no loss weighting, {args.minutes:g} minutes "
              "of training wall-clock each, trained at the same time with one thread each (same seed, data order and "
              f"network except the variance channels). Samples: {args.n} ancestral DDPM samples on a {args.steps}-step "
              "respaced chain (sigma^2 = beta-tilde for L_simple, the learned variance for L_hybrid), EMA weights, FD "

@@ -114,6 +114,40 @@ def test_sample_with_guidance_scale_writes_a_grid_and_w0_is_the_conditional_mode
     assert diff.max() <= 1     # identical up to float round-off of the doubled batch
 
 
+def test_the_runs_default_guidance_scale_is_used_unless_the_flag_overrides_it(tmp_path, capsys):
+    run = tmp_path / "guided-default"
+    code, out, err = run_cli(capsys, "train", *TINY, "model.num_classes=10", "data.labels=true",
+                             "sample.guidance_scale=2", "sample.n=10", "sample.steps=2", "--steps", "1",
+                             "--out", run)
+    assert code == 0, err
+    assert png(run / "samples.png").shape == (34 + 2, 10 * 34 + 2)    # the training grid: one row of 10 classes
+    for extra, expected in (([], "classifier-free guidance w=2"), (["--guidance-scale", 0.5],
+                                                                 "classifier-free guidance w=0.5")):
+        code, out, err = run_cli(capsys, "sample", "--checkpoint", run, "-n", 2, "--steps", 2, "--no-progress",
+                                 "--out", tmp_path / "s.png", *extra)
+        assert code == 0, err
+        assert expected in out
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([], "needs a class- or text-conditional model"),
+    (["model.num_classes=10", "data.labels=true", "train.class_dropout=0"], "needs train.class_dropout > 0"),
+    (["model.num_classes=10", "data.labels=true", "train.class_dropout=0.1", "sample.guidance_scale=-1"],
+     "sample.guidance_scale must be null or a finite number >= 0"),
+])
+def test_a_default_guidance_scale_the_model_cannot_use_is_refused(tmp_path, capsys, overrides, message):
+    code, out, err = run_cli(capsys, "train", *TINY, "sample.guidance_scale=1", *overrides, "--steps", "1",
+                             "--out", tmp_path / "run")
+    assert code != 0 and message in err, err
+
+
+def test_sample_images_reports_the_network_evaluations_of_one_sample_over_several_batches(runs):
+    run = load_run(runs["uncond"])
+    sc = SampleConfig(sampler="ddim", steps=3, batch_size=2)
+    out = sample_images(run.model, run.diffusion, sc, shape=(1, 8, 8), n=5)
+    assert out.sample.shape == (5, 1, 8, 8) and out.nfe == 3
+
+
 def test_grid_by_class_has_one_row_per_class(runs, tmp_path, capsys):
     code, out, err = run_cli(capsys, "sample", "--checkpoint", runs["cond"], "--guidance-scale", 1, "--grid-by-class",
                              "-n", 3, "--steps", 2, "--out", tmp_path / "grid.png", "--save-individual",

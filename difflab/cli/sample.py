@@ -42,7 +42,8 @@ def _add_guidance_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("guidance")
     g.add_argument("--guidance-scale", type=float, metavar="W",
                    help="classifier-free guidance weight w: eps = (1+w) eps_c - w eps_null (w=0: the plain "
-                        "conditional model); needs a class-conditional model trained with label dropout")
+                        "conditional model; default: the run's sample.guidance_scale); needs a class-conditional "
+                        "model trained with label dropout")
     g.add_argument("--cfg-convention", choices=("w", "scale"), default="w",
                    help="read --guidance-scale as w (default) or as s = 1 + w (GLIDE / Stable Diffusion)")
     g.add_argument("--guidance-rescale", type=float, metavar="PHI", default=0.0,
@@ -64,10 +65,14 @@ def _guided_from_args(args, run, sample_cfg, device):
         raise UsageError("--classifier-scale needs --classifier RUN_DIR")
     if args.guidance_rescale and args.guidance_scale is None:
         raise UsageError("--guidance-rescale needs --guidance-scale")
-    if args.guidance_scale is None and args.classifier is None and args.dynamic_threshold is None:
+    # without --guidance-scale, the run's own default (sample.guidance_scale, always the w convention)
+    scale, convention = args.guidance_scale, args.cfg_convention
+    if scale is None and sample_cfg.guidance_scale is not None:
+        scale, convention = sample_cfg.guidance_scale, "w"
+    if scale is None and args.classifier is None and args.dynamic_threshold is None:
         return None
     try:
-        opts = GuidanceOptions(guidance_scale=args.guidance_scale, convention=args.cfg_convention,
+        opts = GuidanceOptions(guidance_scale=scale, convention=convention,
                                rescale=args.guidance_rescale, dynamic_threshold=args.dynamic_threshold,
                                classifier_scale=1.0 if args.classifier_scale is None else args.classifier_scale)
     except ValueError as e:
@@ -125,7 +130,6 @@ def _gif_frames(xs: list, pred_x0s: list) -> tuple[list, list]:
 def run_sample(args) -> int:
     import dataclasses
 
-    from ..viz import save_grid, save_images, save_trajectory_gif
     from ..train import load_run, resolve_device, sample_images
 
     for name in ("steps", "n", "batch_size"):
@@ -168,10 +172,17 @@ def run_sample(args) -> int:
     res = sample_images(model, diffusion, sc, shape=(m.in_channels, m.image_size, m.image_size), n=n_total,
                         labels=labels, seed_indices=seed_indices, device=device,
                         return_trajectory=bool(args.gif), progress=not args.no_progress, sampler_options=options)
-    x = res.sample.float().cpu()
     k = guided.num_classes if guided is not None else m.num_classes
     nrow = columns or (k if k and args.class_label is None and sc.n % k == 0 else None)
-    written = [("grid", save_grid(x, out, nrow=nrow))]
+    return _write_outputs(args, res.sample.float().cpu(), res, out, nrow, t0)
+
+
+def _write_outputs(args, x, res, out: Path, nrow, t0: float, extra=(), decode=None) -> int:
+    """Write the grid, then ``extra`` ((label, path) already written), the --save-individual images and
+    the --gif trajectory (frames mapped through ``decode``, e.g. a latent decoder); report them all."""
+    from ..viz import save_grid, save_images, save_trajectory_gif
+
+    written = [("grid", save_grid(x, out, nrow=nrow)), *extra]
     if args.save_individual:
         folder = out.with_suffix("")
         save_images(x, folder, prefix="sample")
@@ -179,8 +190,11 @@ def run_sample(args) -> int:
     if args.gif:
         gif = Path(args.gif) if isinstance(args.gif, str) else out.with_suffix(".gif")
         xs, x0s = _gif_frames(res.trajectory, res.pred_x0s)
+        if decode is not None:
+            xs, x0s = decode(xs), decode(x0s)
         written.append(("trajectory", save_trajectory_gif(xs, x0s, gif, nrow=nrow)))
-    _say(f"done: {n_total} images, {res.nfe} network evaluations per batch, {_format_duration(time.perf_counter() - t0)}")
+    _say(f"done: {len(x)} images, {res.nfe} network evaluations per sample, "
+         f"{_format_duration(time.perf_counter() - t0)}")
     for label, path in written:
         _say(f"  {label + ':':12s}{path}")
     return 0

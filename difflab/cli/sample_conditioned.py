@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import UsageError, _format_duration, _say
+from .common import UsageError, _say
 
 
 def add_conditioning_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,8 +56,8 @@ def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
     """Sample a run with a RunConditioning: decode latents, feed prompts or low-resolution inputs."""
     from ..data.transforms import low_res_condition
     from ..train.autoencoder import psnr
-    from ..viz import save_grid, save_images, save_trajectory_gif
-    from .sample import _gif_frames, _sample_labels
+    from ..viz import save_grid
+    from .sample import _sample_labels, _write_outputs
 
     cond, m = run.conditioning, run.config.model
     prompts = cond_images = None
@@ -97,24 +97,11 @@ def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
                              sampler_options=sampler_options, **options)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    written = [("grid", save_grid(x, out, nrow=nrow))]
+    extra = []
     if cond_images is not None:
         low = low_res_condition(cond_images, run.config.cond.low_res_factor, cond_images.shape[-1])
-        written.append(("inputs", save_grid(low, out.with_name(out.stem + "-input.png"), nrow=nrow)))
-        written.append(("targets", save_grid(cond_images, out.with_name(out.stem + "-target.png"), nrow=nrow)))
+        extra.append(("inputs", save_grid(low, out.with_name(out.stem + "-input.png"), nrow=nrow)))
+        extra.append(("targets", save_grid(cond_images, out.with_name(out.stem + "-target.png"), nrow=nrow)))
         _say(f"PSNR to the targets: samples {float(psnr(cond_images, x).mean()):.2f} dB, bilinear upsampling of "
              f"the inputs {float(psnr(cond_images, low).mean()):.2f} dB (n={len(x)})")
-    if args.save_individual:
-        folder = out.with_suffix("")
-        save_images(x, folder, prefix="sample")
-        written.append(("images", folder))
-    if args.gif:
-        gif = Path(args.gif) if isinstance(args.gif, str) else out.with_suffix(".gif")
-        xs, x0s = _gif_frames(res.trajectory, res.pred_x0s)
-        written.append(("trajectory", save_trajectory_gif(cond.decode_frames(xs), cond.decode_frames(x0s), gif,
-                                                          nrow=nrow)))
-    _say(f"done: {len(x)} images, {res.nfe} network evaluations per batch, "
-         f"{_format_duration(time.perf_counter() - t0)}")
-    for label, path in written:
-        _say(f"  {label + ':':12s}{path}")
-    return 0
+    return _write_outputs(args, x, res, out, nrow, t0, extra=extra, decode=cond.decode_frames)

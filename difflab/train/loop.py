@@ -501,6 +501,10 @@ def _sample_grid(model, diffusion, config: RunConfig, device, path: Path, condit
         return conditioning.sample_grid(model, diffusion, device, path)
 
     m = config.model
+    if config.sample.guidance_scale is not None and m.num_classes is not None:   # the run's default guidance
+        from ..guidance import classifier_free, null_label
+
+        model = classifier_free(model, config.sample.guidance_scale, uncond=null_label(m.num_classes))
     out = sample_images(model, diffusion, config.sample, shape=(m.in_channels, m.image_size, m.image_size),
                         num_classes=m.num_classes, device=device)
     nrow = m.num_classes if m.num_classes and config.sample.n % m.num_classes == 0 else None

@@ -82,7 +82,7 @@ def sample_images(model, diffusion, cfg: SampleConfig, *, shape: tuple[int, int,
     if len(outs) == 1:
         return outs[0]
     cat = lambda xs: [torch.cat(parts) for parts in zip(*xs)] if xs[0] is not None else None  # noqa: E731
-    return SampleOutput(sample=torch.cat([o.sample for o in outs]), nfe=sum(o.nfe for o in outs),
+    return SampleOutput(sample=torch.cat([o.sample for o in outs]), nfe=outs[0].nfe,   # per sample: every batch takes the same steps
                         timesteps=outs[0].timesteps, trajectory=cat([o.trajectory for o in outs]),
                         pred_x0s=cat([o.pred_x0s for o in outs]))
 
@@ -170,7 +170,8 @@ def check_classifier_matches(run, classifier) -> None:
 
 def build_guided_model(run, sample: SampleConfig, guidance: GuidanceOptions | None = None,
                        classifier=None) -> GuidedModel:
-    """The guided model function for a :class:`~difflab.train.LoadedRun` sampled as ``sample`` says.
+    """The guided model function for a :class:`~difflab.train.LoadedRun` sampled as ``sample`` says
+    (without ``guidance``: classifier-free guidance by ``sample.guidance_scale`` when that is set).
 
     Classifier-free guidance wraps the network first (one batched call, null class =
     ``model.num_classes``); classifier guidance (``classifier``: a
@@ -180,7 +181,7 @@ def build_guided_model(run, sample: SampleConfig, guidance: GuidanceOptions | No
     """
     from ..guidance import classifier_free, classifier_guidance, dynamic_threshold, null_label
 
-    g = guidance or GuidanceOptions()
+    g = guidance or GuidanceOptions(guidance_scale=sample.guidance_scale)   # default: the run's own guidance
     m = run.config.model
     model, diffusion, options, parts = run.model, run.diffusion, {}, []
     num_classes = m.num_classes
