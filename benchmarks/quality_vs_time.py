@@ -153,7 +153,9 @@ def launch(recipe: str, args, threads: int) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "difflab", "train", "--preset", args.preset, "--out", str(out), "--no-progress",
                "--set", f"data.root={args.data_root}", f"train.max_minutes={args.minutes}",
                f"train.checkpoint_every_minutes={args.every}", f"train.num_threads={threads}",
-               f"train.keep_checkpoints={int(math.ceil(args.minutes / args.every)) + 2}", f"train.seed={args.seed}"]
+               # only the time-based checkpoints (step-based ones would push the early marks out of keep_checkpoints)
+               f"train.keep_checkpoints={int(math.ceil(args.minutes / args.every)) + 2}", "train.checkpoint_every=100000000",
+               f"train.seed={args.seed}"]
     else:
         cmd = [sys.executable, __file__, "--_train-diffusers", str(out), "--data-root", args.data_root,
                "--minutes", str(args.minutes), "--every", str(args.every), "--seed", str(args.seed),

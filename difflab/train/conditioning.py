@@ -206,6 +206,9 @@ class RunConditioning:
                                               for i in range(0, len(images), ENCODE_BATCH))
             self.latent, self._ae = LatentDiffusion(ae, scale).to(images.device), None
             log(f"latent scale factor 1/std(z) = {scale:.5f} (computed from the training data)")
+            warning = unclipped_eps_warning(self.config)
+            if warning:
+                log(warning)
         else:
             log(f"latent scale factor {float(self.latent.scale_factor):.5f} (from the checkpoint)")
 
@@ -322,6 +325,20 @@ class RunConditioning:
             low = low_res_condition(cond_images, self.config.cond.low_res_factor, size)
             return save_grid(torch.cat([low, images]), path, nrow=len(images))
         return save_grid(images, path, nrow=nrow)
+
+
+def unclipped_eps_warning(config: RunConfig) -> str | None:
+    """A warning when eps is predicted without clipping x_0 (latents) on a schedule whose last
+    alphas_cumprod is tiny: the first sampling step divides the eps error by sqrt(alphas_cumprod[T-1])."""
+    d = config.diffusion
+    if d.prediction != "eps" or config.sample.clip_denoised:
+        return None
+    abar_T = float(d.build().terms.alphas_cumprod[-1])
+    if abar_T >= 1e-4:
+        return None
+    return (f"warning: eps prediction without clipping on a schedule with alphas_cumprod[T-1] = {abar_T:.2g}: the "
+            f"first sampling step multiplies the eps error by {1 / abar_T ** 0.5:.2g} and the samples can diverge; "
+            "use diffusion.prediction=v (the latent presets do)")
 
 
 def _load_latent(ckpt: Path, device) -> LatentDiffusion:
