@@ -86,7 +86,8 @@ class TrainConfig:
     batch_size: int = 128              # the global batch; split across processes under DDP
     lr: float = 2e-4
     warmup_steps: int = 0              # linear LR warm-up from lr / warmup_steps to lr
-    lr_decay: str = "constant"         # after warm-up: constant | cosine | linear (to 0 at train.steps)
+    lr_decay: str = "constant"         # after warm-up: constant | cosine | linear (to 0 at train.steps, or at
+    #                                    train.max_minutes of training time when that comes first)
     weight_decay: float = 0.0          # AdamW decoupled weight decay
     adam_betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0             # max global grad norm; 0 disables clipping

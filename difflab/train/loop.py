@@ -97,13 +97,16 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def learning_rate(step: int, lr: float, warmup_steps: int, decay: str = "constant", total_steps: int = 0) -> float:
+def learning_rate(step: int, lr: float, warmup_steps: int, decay: str = "constant", total_steps: int = 0,
+                  time_frac: float | None = None) -> float:
     """The learning rate of the update taking ``step`` -> ``step + 1``.
 
     Linear warm-up ``lr * (step + 1) / warmup_steps`` for the first ``warmup_steps`` updates, then
     ``constant``, or decayed to 0 at ``total_steps``: ``cosine`` (SGDR, Loshchilov & Hutter 2017,
     eq. 5 with one cycle) or ``linear``. With a decay, the schedule depends on ``total_steps``:
-    resuming with another ``train.steps`` bends the rest of the curve.
+    resuming with another ``train.steps`` bends the rest of the curve. ``time_frac`` (the used
+    fraction of a time budget) makes the decay reach 0 at the budget when that comes first:
+    the decay follows whichever of the two fractions is further along.
     """
     if warmup_steps > 0 and step < warmup_steps:
         return lr * (step + 1) / warmup_steps
@@ -111,6 +114,8 @@ def learning_rate(step: int, lr: float, warmup_steps: int, decay: str = "constan
         return lr
     span = max(1, total_steps - warmup_steps)
     frac = min(1.0, (step - warmup_steps) / span)
+    if time_frac is not None:
+        frac = min(1.0, max(frac, time_frac))
     if decay == "cosine":
         return lr * 0.5 * (1.0 + math.cos(math.pi * frac))
     if decay == "linear":
@@ -414,7 +419,10 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
                            num_timesteps=diffusion.num_timesteps, hflip=hflip, null_class=null_class,
                            class_dropout=tc.class_dropout, shard=shard, timestep_sampler=t_sampler,
                            to_x_0=conditioning.x_0_fn if conditioning is not None else None)
-            lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.lr_decay, tc.steps)
+            # with a time budget the decay ends at the budget; the same fraction on every rank (one LR for all)
+            time_frac = (D.mean_over_ranks(train_seconds, info, device) / budget_s
+                         if budget_s and tc.lr_decay != "constant" else None)
+            lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.lr_decay, tc.steps, time_frac=time_frac)
             for group in opt.param_groups:
                 group["lr"] = lr
             with _autocast(device, tc.mixed_precision):

@@ -13,6 +13,7 @@ from difflab.diffusion import GaussianDiffusion
 from difflab.train import (EMA, CheckpointError, NonFiniteLossError, learning_rate, list_checkpoints, load_run,
                            read_latest, train)
 from difflab.train import checkpoint as ckpt_mod
+from difflab.train.metrics import read_metrics
 from difflab.train.loop import IndexStream, draw_batch
 from difflab.train.metrics import read_metrics
 
@@ -240,3 +241,29 @@ def test_time_budget_stops_training_and_checkpoints_by_training_time(tmp_path, m
     assert load_training_state(list_checkpoints(tmp_path / "run")[-1])["train_seconds"] == 9.0
     with pytest.raises(ConfigError, match="max_minutes"):
         tiny("train.max_minutes=-1")
+
+
+def test_learning_rate_decay_follows_the_time_budget_when_it_comes_first():
+    # 1000 steps would take the decay a tenth of the way; half the time budget takes it halfway
+    assert learning_rate(100, 1.0, 0, "cosine", 1000, time_frac=0.5) == pytest.approx(0.5)
+    assert learning_rate(100, 1.0, 0, "linear", 1000, time_frac=0.25) == pytest.approx(0.75)
+    assert learning_rate(900, 1.0, 0, "linear", 1000, time_frac=0.25) == pytest.approx(0.1)   # steps further along
+    assert learning_rate(10, 1.0, 0, "cosine", 1000, time_frac=1.7) == 0.0
+    assert learning_rate(10, 1.0, 0, "constant", 1000, time_frac=0.9) == 1.0
+    assert learning_rate(1, 1.0, 4, "cosine", 1000, time_frac=0.9) == 0.5                    # warm-up first
+
+
+def test_a_time_budget_ends_the_cosine_decay_at_the_budget(tmp_path, monkeypatch):
+    import types
+
+    import difflab.train.loop as loop
+
+    clock = iter(range(10**6))   # every optimiser step takes exactly 1 s
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    res = train(tiny("train.steps=1000", "train.max_minutes=0.1", "train.lr_decay=cosine", "train.lr=1.0",
+                     "train.warmup_steps=0", "train.log_every=1", "sample.n=2", "sample.steps=2"),
+                tmp_path / "run", **QUIET)
+    assert res.step == 6
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run") if "lr" in r]
+    # step k starts after k seconds of training: lr = 0.5 (1 + cos(pi k / 6))
+    assert lrs == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
