@@ -207,13 +207,19 @@ def points(out: Path, recipe: str, every: float) -> list[tuple[float, Path, dict
     return sorted({p[0]: p for p in found}.values(), key=lambda p: p[0])   # one point per mark
 
 
-def sample_difflab(run, n: int, seed: int, batch: int) -> tuple[torch.Tensor, int, str]:
+def sample_difflab(run, n: int, seed: int, batch: int, steps: int | None = None,
+                   guidance: str | None = None) -> tuple[torch.Tensor, int, str]:
     """``n`` samples with the run's own sampler and default guidance (classes cycling 0..9 for a
-    class-conditional run); sample i seeded ``seed * 2^20 + i``. The NFE counts both halves of a
-    classifier-free guided batch (two network evaluations per step)."""
+    class-conditional run), or with ``steps`` / ``guidance`` (a weight w, or "none") instead;
+    sample i seeded ``seed * 2^20 + i``. The NFE counts both halves of a classifier-free guided
+    batch (two network evaluations per step)."""
     from difflab.train.sampling import build_guided_model, sample_images
 
     s = dataclasses.replace(run.config.sample, seed=seed, batch_size=batch)
+    if steps is not None:
+        s = dataclasses.replace(s, steps=steps)
+    if guidance is not None:
+        s = dataclasses.replace(s, guidance_scale=None if guidance == "none" else float(guidance))
     guided = build_guided_model(run, s)
     m = run.config.model
     out = sample_images(guided.model, guided.diffusion, s, shape=(m.in_channels, m.image_size, m.image_size), n=n,
@@ -238,7 +244,8 @@ def evaluate_recipe(args, recipe: str) -> list[dict]:
     for minutes, path, info in saved:
         t0 = time.perf_counter()
         if recipe == "difflab":
-            images, nfe, how = sample_difflab(load_run(path), args.n, args.seed, args.batch)
+            images, nfe, how = sample_difflab(load_run(path), args.n, args.seed, args.batch, args.difflab_steps,
+                                              args.difflab_guidance)
         else:
             images, nfe, how = sample_diffusers(path, args.n, args.seed, args.batch), 50, "DDIMScheduler 50 steps"
         fd = fd_of(feat, ref, images)
@@ -251,7 +258,8 @@ def evaluate_recipe(args, recipe: str) -> list[dict]:
         # the 3x-floor target is stated for 1,000 samples: the last point again at that count
         t0 = time.perf_counter()
         floor_n = fd_of(feat, ref, train.to_float()[torch.randperm(len(train), generator=g)[:args.final_n]])
-        images, nfe, how = sample_difflab(load_run(saved[-1][1]), args.final_n, args.seed, args.batch)
+        images, nfe, how = sample_difflab(load_run(saved[-1][1]), args.final_n, args.seed, args.batch,
+                                          args.difflab_steps, args.difflab_guidance)
         rows.append(dict(recipe="difflab-final", minutes=saved[-1][0], train_minutes=saved[-1][2]["minutes"],
                          step=saved[-1][2]["step"], fd=fd_of(feat, ref, images), floor=floor_n, n=args.final_n,
                          nfe=nfe, sampler=how, eval_seconds=time.perf_counter() - t0))
@@ -266,6 +274,8 @@ def evaluate_all(args) -> list[dict]:
     if args.parallel:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         common = ["--out", args.out, "--data-root", args.data_root, "--every", str(args.every), "--n", str(args.n),
+                  *(["--difflab-steps", str(args.difflab_steps)] if args.difflab_steps else []),
+                  *(["--difflab-guidance", args.difflab_guidance] if args.difflab_guidance else []),
                   "--final-n", str(args.final_n),
                   "--batch", str(args.batch), "--seed", str(args.seed), "--threads", "1"]
         procs = [subprocess.Popen([sys.executable, __file__, "--_eval-recipe", r, *common], env=env, cwd=ROOT,
@@ -368,6 +378,9 @@ def main(argv=None):
     ap.add_argument("--eval-only", action="store_true", help="evaluate the saved points of an earlier run")
     ap.add_argument("--train-only", action="store_true", help="train and save the points; evaluate later")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
+    ap.add_argument("--difflab-steps", type=int, default=None, help="sampling steps for difflab (default: the run's)")
+    ap.add_argument("--difflab-guidance", default=None,
+                    help="classifier-free guidance weight w for difflab, or 'none' (default: the run's)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the RESULTS.md section from benchmarks/artifacts/quality_vs_time.json")
     ap.add_argument("--_train-diffusers", dest="train_diffusers", default=None, help=argparse.SUPPRESS)

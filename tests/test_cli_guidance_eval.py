@@ -127,6 +127,13 @@ def test_the_runs_default_guidance_scale_is_used_unless_the_flag_overrides_it(tm
                                  "--out", tmp_path / "s.png", *extra)
         assert code == 0, err
         assert expected in out
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", run, "-n", 2, "--steps", 2, "--no-progress",
+                             "--out", tmp_path / "s.png", "--no-guidance")
+    assert code == 0, err
+    assert "; guidance:" not in out and "classifier-free" not in out
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", run, "--no-guidance", "--guidance-scale", 1,
+                             "--out", tmp_path / "s.png", "--no-progress")
+    assert code == 2 and "contradict" in err
 
 
 @pytest.mark.parametrize("overrides, message", [

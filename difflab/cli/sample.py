@@ -44,6 +44,8 @@ def _add_guidance_arguments(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance weight w: eps = (1+w) eps_c - w eps_null (w=0: the plain "
                         "conditional model; default: the run's sample.guidance_scale); needs a class-conditional "
                         "model trained with label dropout")
+    g.add_argument("--no-guidance", action="store_true",
+                   help="ignore the run's default classifier-free guidance (sample.guidance_scale): the plain model")
     g.add_argument("--cfg-convention", choices=("w", "scale"), default="w",
                    help="read --guidance-scale as w (default) or as s = 1 + w (GLIDE / Stable Diffusion)")
     g.add_argument("--guidance-rescale", type=float, metavar="PHI", default=0.0,
@@ -66,8 +68,10 @@ def _guided_from_args(args, run, sample_cfg, device):
     if args.guidance_rescale and args.guidance_scale is None:
         raise UsageError("--guidance-rescale needs --guidance-scale")
     # without --guidance-scale, the run's own default (sample.guidance_scale, always the w convention)
+    if args.no_guidance and args.guidance_scale is not None:
+        raise UsageError("--no-guidance and --guidance-scale contradict each other: give one")
     scale, convention = args.guidance_scale, args.cfg_convention
-    if scale is None and sample_cfg.guidance_scale is not None:
+    if scale is None and sample_cfg.guidance_scale is not None and not args.no_guidance:
         scale, convention = sample_cfg.guidance_scale, "w"
     if scale is None and args.classifier is None and args.dynamic_threshold is None:
         return None
