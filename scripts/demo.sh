@@ -29,7 +29,7 @@ took=$(( $(date +%s) - start ))
 cat <<MSG
 
 [demo] finished in $((took / 60))m$((took % 60))s. Outputs in $OUT:
-  $OUT/samples-final.png   64 generated digits (DDIM, 50 steps, EMA weights)
+  $OUT/samples-final.png   100 generated digits, one column per class (DDIM, 50 steps, EMA weights)
   $OUT/samples-final.gif   the denoising trajectory: x_t (left) and the predicted x_0 (right)
   $OUT/loss.png            the training loss curve
   $OUT/samples/            grids written during training

@@ -33,5 +33,5 @@ def test_the_warning_names_the_problem_and_the_latent_presets_avoid_it():
     assert unclipped_eps_warning(cfg) is None
     eps = cfg.replace(diffusion=DiffusionConfig(schedule="cosine", num_timesteps=1000, prediction="eps"))
     assert "diffusion.prediction=v" in unclipped_eps_warning(eps)
-    clipped = RUN_PRESETS["digits"]          # eps on the cosine schedule, but x_0 is clipped to [-1, 1]
-    assert clipped.diffusion.prediction == "eps" and unclipped_eps_warning(clipped) is None
+    clipped = RUN_PRESETS["digits"].replace(diffusion=eps.diffusion)   # eps, cosine, but x_0 clipped to [-1, 1]
+    assert clipped.sample.clip_denoised and unclipped_eps_warning(clipped) is None
