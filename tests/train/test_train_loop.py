@@ -13,7 +13,6 @@ from difflab.diffusion import GaussianDiffusion
 from difflab.train import (EMA, CheckpointError, NonFiniteLossError, learning_rate, list_checkpoints, load_run,
                            read_latest, train)
 from difflab.train import checkpoint as ckpt_mod
-from difflab.train.metrics import read_metrics
 from difflab.train.loop import IndexStream, draw_batch
 from difflab.train.metrics import read_metrics
 
