@@ -67,9 +67,9 @@ def _guided_from_args(args, run, sample_cfg, device):
         raise UsageError("--classifier-scale needs --classifier RUN_DIR")
     if args.guidance_rescale and args.guidance_scale is None:
         raise UsageError("--guidance-rescale needs --guidance-scale")
-    # without --guidance-scale, the run's own default (sample.guidance_scale, always the w convention)
     if args.no_guidance and args.guidance_scale is not None:
         raise UsageError("--no-guidance and --guidance-scale contradict each other: give one")
+    # without --guidance-scale, the run's own default (sample.guidance_scale, always the w convention)
     scale, convention = args.guidance_scale, args.cfg_convention
     if scale is None and sample_cfg.guidance_scale is not None and not args.no_guidance:
         scale, convention = sample_cfg.guidance_scale, "w"

@@ -60,7 +60,6 @@ from .checkpoint import (
     _corrupt,
     _write_text_atomic,
     list_checkpoints,
-    write_config_yaml,
     load_checkpoint_config,
     load_state_into,
     load_training_state,
@@ -68,6 +67,7 @@ from .checkpoint import (
     read_latest,
     resolve_checkpoint,
     save_checkpoint_files,
+    write_config_yaml,
 )
 from .loop import (
     IndexStream,

@@ -82,7 +82,8 @@ def sample_images(model, diffusion, cfg: SampleConfig, *, shape: tuple[int, int,
     if len(outs) == 1:
         return outs[0]
     cat = lambda xs: [torch.cat(parts) for parts in zip(*xs)] if xs[0] is not None else None  # noqa: E731
-    return SampleOutput(sample=torch.cat([o.sample for o in outs]), nfe=outs[0].nfe,   # per sample: every batch takes the same steps
+    # nfe is per sample: every batch takes the same steps
+    return SampleOutput(sample=torch.cat([o.sample for o in outs]), nfe=outs[0].nfe,
                         timesteps=outs[0].timesteps, trajectory=cat([o.trajectory for o in outs]),
                         pred_x0s=cat([o.pred_x0s for o in outs]))
 
