@@ -258,3 +258,28 @@ def test_eval_nll_writes_json_and_plot(runs, tmp_path, capsys):
 def test_eval_without_a_metric_is_a_usage_error(capsys):
     code, _, err = run_cli(capsys, "eval")
     assert code == 2 and "choose a metric: fd, nll" in err
+
+
+def test_with_default_guidance_mixes_the_conditional_and_null_outputs_by_the_runs_weight():
+    from types import SimpleNamespace
+
+    from difflab.train.sampling import with_default_guidance
+
+    def net(x, t, y=None, context=None):   # a "network" whose output reveals its condition
+        if context is not None:
+            return x * 0 + context.float().mean(dim=(1, 2)).view(-1, 1, 1, 1)
+        return x * 0 + y.float().view(-1, 1, 1, 1)
+
+    def config(w, num_classes=10):
+        return SimpleNamespace(sample=SimpleNamespace(guidance_scale=w), model=SimpleNamespace(num_classes=num_classes))
+
+    x, t, y = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), torch.tensor([3, 7])
+    assert with_default_guidance(net, config(None)) is net
+    assert with_default_guidance(net, config(2.0, num_classes=None)) is net
+    guided = with_default_guidance(net, config(2.0))
+    expected = (1 + 2.0) * y.float() - 2.0 * 10      # the null class is label 10
+    assert torch.allclose(guided(x, t, y=y)[:, 0, 0, 0], expected)
+    prompts = SimpleNamespace(uncond=lambda kw: {**kw, "context": torch.zeros_like(kw["context"])})
+    ctx = torch.full((2, 3, 4), 5.0)
+    guided = with_default_guidance(net, config(0.5, num_classes=None), prompts)
+    assert torch.allclose(guided(x, t, context=ctx)[:, 0, 0, 0], torch.full((2,), 1.5 * 5.0))

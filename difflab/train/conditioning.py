@@ -43,7 +43,7 @@ from ..nn.autoencoder import DiagonalGaussian
 from ..nn.text import UNK, PretrainedTextEncoder, TextEncoder, TextEncoderConfig, WordTokenizer, empty_prompt_uncond, \
     split_words
 from .checkpoint import CheckpointError, _corrupt, _write_text_atomic
-from .sampling import sample_images
+from .sampling import sample_images, with_default_guidance
 
 LATENT_DIR = "latent"
 TEXT_ENCODER_JSON = "text_encoder.json"
@@ -318,7 +318,8 @@ class RunConditioning:
             k = min(sc.n, len(self._images))
             cond_images = uint8_to_float(self._images[:k].cpu())
             prompts = prompts[:k] if prompts is not None else None
-        images, _ = self.sample(model, diffusion, sc, prompts=prompts, cond_images=cond_images, device=device,
+        images, _ = self.sample(with_default_guidance(model, self.config, self.prompts), diffusion, sc,
+                                prompts=prompts, cond_images=cond_images, device=device,
                                 num_classes=self.config.model.num_classes, **options)
         if cond_images is not None:
             size = cond_images.shape[-1]

@@ -56,7 +56,7 @@ from .checkpoint import (
 )
 from .ema import EMA
 from .metrics import MetricsLogger, read_metrics
-from .sampling import sample_images
+from .sampling import sample_images, with_default_guidance
 
 STATE_FORMAT = 1
 
@@ -509,11 +509,7 @@ def _sample_grid(model, diffusion, config: RunConfig, device, path: Path, condit
         return conditioning.sample_grid(model, diffusion, device, path)
 
     m = config.model
-    if config.sample.guidance_scale is not None and m.num_classes is not None:   # the run's default guidance
-        from ..guidance import classifier_free, null_label
-
-        model = classifier_free(model, config.sample.guidance_scale, uncond=null_label(m.num_classes))
-    out = sample_images(model, diffusion, config.sample, shape=(m.in_channels, m.image_size, m.image_size),
+    out = sample_images(with_default_guidance(model, config), diffusion, config.sample, shape=(m.in_channels, m.image_size, m.image_size),
                         num_classes=m.num_classes, device=device)
     nrow = m.num_classes if m.num_classes and config.sample.n % m.num_classes == 0 else None
     return save_grid(out.sample.float().cpu(), path, nrow=nrow)

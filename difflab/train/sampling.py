@@ -169,6 +169,23 @@ def check_classifier_matches(run, classifier) -> None:
                          "schedule (train it with --diffusion-from the model's run)")
 
 
+def with_default_guidance(model, config, prompts=None):
+    """``model`` with the run's default classifier-free guidance (``config.sample.guidance_scale``, the w
+    convention), as :func:`build_guided_model` applies it without options: the null condition is the
+    empty prompt of ``prompts`` (a text run's :class:`~difflab.train.conditioning.Prompts`) or
+    the null class. Unchanged when no default is set or the model takes no class or prompt."""
+    from ..guidance import classifier_free, null_label
+
+    w = config.sample.guidance_scale
+    if w is None:
+        return model
+    if prompts is not None:
+        return classifier_free(model, w, uncond=prompts.uncond)
+    if config.model.num_classes is not None:
+        return classifier_free(model, w, uncond=null_label(config.model.num_classes))
+    return model
+
+
 def build_guided_model(run, sample: SampleConfig, guidance: GuidanceOptions | None = None,
                        classifier=None) -> GuidedModel:
     """The guided model function for a :class:`~difflab.train.LoadedRun` sampled as ``sample`` says

@@ -57,6 +57,24 @@ def test_prompts_change_samples_and_the_null_prompt_is_the_unconditional_branch(
     assert not torch.allclose(_sample(run, ["a handwritten three"], w=4.0), _sample(run, ["a handwritten three"]))
 
 
+def test_the_training_grid_of_a_text_run_uses_the_runs_default_guidance(text_run, tmp_path):
+    import dataclasses
+
+    run = load_run(text_run)
+    cond = run.conditioning
+
+    def model(x, t, **kw):   # the trained network plus a term that depends on the prompt's tokens
+        return run.model(x, t, **kw) + 0.05 * kw["token_mask"].float().sum(1).view(-1, 1, 1, 1)
+
+    grids = {}
+    for w in (None, 4.0):
+        cond.config = dataclasses.replace(cond.config, sample=dataclasses.replace(cond.config.sample,
+                                                                                  guidance_scale=w, steps=2))
+        grids[w] = png(cond.sample_grid(model, run.diffusion, "cpu", tmp_path / f"grid-{w}.png"))
+    assert grids[None].shape == grids[4.0].shape
+    assert not np.array_equal(grids[None], grids[4.0])      # w=4 pushes away from the empty prompt's output
+
+
 def test_padding_tokens_do_not_reach_the_model(text_run):
     run = load_run(text_run)
     kwargs = run.conditioning.model_kwargs(["a handwritten three"])
