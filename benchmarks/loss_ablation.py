@@ -29,12 +29,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from difflab.config import load_config  # noqa: E402
 from sampler_quality import evaluator, fd_of, ours, write_section  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -76,9 +78,32 @@ def evaluate(variant: str, args) -> dict:
     t0 = time.perf_counter()
     nll = evaluate_nll(run.model, run.diffusion, test_images, batch_size=50, seed=args.seed)
     row = dict(variant=variant, step=run.step, fd=fd, nfe=nfe, sample_seconds=sample_s, **nll.to_dict(),
-               nll_seconds=time.perf_counter() - t0)
+               nll_seconds=time.perf_counter() - t0, per_image_bpd=nll.per_image.tolist(), terms=nll.terms.tolist())
     (Path(args.out) / f"{variant}.eval.json").write_text(json.dumps(row))
     return row
+
+
+def paired_difference(rows: list[dict]) -> list[str]:
+    """Both runs are scored on the same test images, so their bits/dim differ with a paired standard error,
+    smaller than either run's own."""
+    simple, hybrid = rows
+    if "per_image_bpd" not in simple or "per_image_bpd" not in hybrid:
+        return []
+    d = np.asarray(simple["per_image_bpd"]) - np.asarray(hybrid["per_image_bpd"])
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    better = "L_hybrid" if d.mean() > 0 else "L_simple"
+    return [f"Paired over the same {len(d)} test images, L_simple minus L_hybrid: {d.mean():+.3f} +- {se:.3f} "
+            f"bits/dim ({better} has the better likelihood; {abs(d.mean()) / se:.1f} standard errors).", ""]
+
+
+def plot_terms(rows: list[dict], path: Path) -> Path:
+    """Each run's per-timestep bound L_t (bits/dim) against t, on one log-scale plot."""
+    from difflab.viz import plot_curve
+
+    curves = {f"L_{r['variant']} ({r['bpd']:.3f} bits/dim)": np.maximum(np.asarray(r["terms"]), 1e-12) for r in rows}
+    # log t: the learned variance matters most in the first steps, which a linear axis squeezes into its edge
+    return plot_curve(np.arange(1, len(rows[0]["terms"]) + 1), curves, path, xlabel="timestep t + 1",
+                      ylabel="bits/dim", logx=True, logy=True, marker="", title="variational bound per term, test images")
 
 
 def main(argv=None):
@@ -92,7 +117,8 @@ def main(argv=None):
     ap.add_argument("--nll-n", type=int, default=100, help="test images for bits/dim")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the trained runs again, do not train")
+    ap.add_argument("--report-only", action="store_true", help="write the section from the stored evaluations")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--_eval", dest="eval_variant", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -101,19 +127,22 @@ def main(argv=None):
         print(json.dumps(evaluate(args.eval_variant, args)))
         return
     out.mkdir(parents=True, exist_ok=True)
-    if not args.eval_only:
+    if not (args.eval_only or args.report_only):
         run_all({v: child([sys.executable, "-m", "difflab", "train", "--preset", "mnist-fast-uncond", "--out", str(out / v),
                            "--no-progress", "--set", f"data.root={args.data_root}", f"train.max_minutes={args.minutes}",
                            "train.num_threads=1", f"train.seed={args.seed}", *VARIANTS[v]], out / f"{v}.train.log")
                  for v in VARIANTS}, "train", out)
     passthrough = ["--out", args.out, "--data-root", args.data_root, "--n", str(args.n), "--steps", str(args.steps),
                    "--nll-n", str(args.nll_n), "--batch", str(args.batch), "--seed", str(args.seed)]
-    run_all({v: child([sys.executable, __file__, "--_eval", v, *passthrough], out / f"{v}.eval.log")
-             for v in VARIANTS}, "eval", out)
+    if not args.report_only:
+        run_all({v: child([sys.executable, __file__, "--_eval", v, *passthrough], out / f"{v}.eval.log")
+                 for v in VARIANTS}, "eval", out)
     rows = [json.loads((out / f"{v}.eval.json").read_text()) for v in VARIANTS]
+    command = " ".join(a for a in argv if a not in ("--eval-only", "--report-only", "--no-write"))
+    minutes = load_config(out / "simple" / "config.yaml").train.max_minutes   # the budget the runs trained with
 
-    lines = [HEADING, "", f"Command: `python benchmarks/loss_ablation.py {' '.join(a for a in argv if a != '--eval-only')}`",
-             "", f"Both runs: the `mnist-fast-uncond` recipe with eps prediction and no loss weighting, {args.minutes:g} minutes "
+    lines = [HEADING, "", f"Command: `python benchmarks/loss_ablation.py {command}`",
+             "", f"Both runs: the `mnist-fast-uncond` recipe with eps prediction and no loss weighting, {minutes:g} minutes "
              "of training wall-clock each, trained at the same time with one thread each (same seed, data order and "
              f"network except the variance channels). Samples: {args.n} ancestral DDPM samples on a {args.steps}-step "
              "respaced chain (sigma^2 = beta-tilde for L_simple, the learned variance for L_hybrid), EMA weights, FD "
@@ -126,6 +155,10 @@ def main(argv=None):
         lines.append(f"| L_{r['variant']} | {var} | {r['step']} | {r['fd']:.2f} | {r['bpd']:.3f} +- {r['bpd_se']:.3f} "
                      f"| {r['decoder_bpd']:.3f} | {r['prior_bpd']:.2e} |")
     lines.append("")
+    lines += paired_difference(rows)
+    if all("terms" in r for r in rows):
+        plot = plot_terms(rows, ARTIFACTS / "loss_ablation_terms.png")
+        lines += [f"![per-term bound]({plot.relative_to(RESULTS.parent).as_posix()})", ""]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

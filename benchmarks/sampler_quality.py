@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +38,7 @@ from difflab.eval.classifier import ClassifierFeaturizer  # noqa: E402
 from difflab.rng import per_sample_generators, randn  # noqa: E402
 from difflab.samplers import get_sampler  # noqa: E402
 from difflab.train.checkpoint import load_run  # noqa: E402
+from difflab.train.sampling import class_labels  # noqa: E402
 
 ARTIFACTS = ROOT / "benchmarks" / "artifacts"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -65,16 +68,25 @@ def fd_of(feat, ref, images: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- samplers
+def conditioning(run, start: int, stop: int) -> dict:
+    """Model inputs beyond (x, t) for samples start..stop-1: a class-conditional run samples sample i
+    as class i mod num_classes (no guidance); an unconditional run takes nothing."""
+    labels = class_labels(stop, run.config.model.num_classes)
+    return {} if labels is None else {"y": labels[start:stop]}
+
+
 def ours(run, name: str, steps, n: int, seed: int, batch: int, **opts):
     sampler = get_sampler(name)
     params = inspect.signature(sampler).parameters
     shape = (run.config.model.in_channels, run.config.model.image_size, run.config.model.image_size)
     outs, nfe = [], 0
     for start in range(0, n, batch):
-        gens = per_sample_generators([seed * 2**20 + i for i in range(start, min(start + batch, n))])
+        stop = min(start + batch, n)
+        gens = per_sample_generators([seed * 2**20 + i for i in range(start, stop)])
         x_T = randn((len(gens), *shape), gens)
         kw = {k: v for k, v in opts.items() if k in params}
-        out = sampler(run.model, run.diffusion, x_T, steps=steps, generator=gens, clip_denoised=True, **kw)
+        out = sampler(run.model, run.diffusion, x_T, steps=steps, generator=gens, clip_denoised=True,
+                      model_kwargs=conditioning(run, start, stop), **kw)
         outs.append(out.sample)
         nfe = out.nfe
     return torch.cat(outs).clamp(-1, 1), nfe
@@ -98,29 +110,94 @@ def diffusers_peer(run, kind: str, steps: int, n: int, seed: int, batch: int):
     shape = (run.config.model.in_channels, run.config.model.image_size, run.config.model.image_size)
     outs = []
     for start in range(0, n, batch):
-        gens = per_sample_generators([seed * 2**20 + i for i in range(start, min(start + batch, n))])
+        stop = min(start + batch, n)
+        gens = per_sample_generators([seed * 2**20 + i for i in range(start, stop)])
         x = randn((len(gens), *shape), gens)
+        cond = conditioning(run, start, stop)
         sched.set_timesteps(steps)
         with torch.no_grad():
             for t in sched.timesteps:
                 tt = torch.full((x.shape[0],), int(t), dtype=torch.long)
-                out = run.model(x, tt)
+                out = run.model(x, tt, **cond)
                 x = sched.step(out, t, x).prev_sample
         outs.append(x)
     return torch.cat(outs).clamp(-1, 1), steps
 
 
 def configurations(quick: bool):
-    rows = [("ddpm", "DDPM, sigma^2 = beta-tilde", None, dict(variance="fixed_small")),
-            ("ddpm", "DDPM, sigma^2 = beta", None, dict(variance="fixed_large"))]
+    """Every row: (implementation, sampler name or scheduler kind, label, steps, options)."""
+    rows = [("difflab", "ddpm", "DDPM, sigma^2 = beta-tilde", None, dict(variance="fixed_small")),
+            ("difflab", "ddpm", "DDPM, sigma^2 = beta", None, dict(variance="fixed_large"))]
     for eta in (0.0, 0.5, 1.0):
         for steps in ((10, 20, 50) if quick else (10, 20, 50, 100)):
-            rows.append(("ddim", f"DDIM eta={eta:g}", steps, dict(eta=eta)))
+            rows.append(("difflab", "ddim", f"DDIM eta={eta:g}", steps, dict(eta=eta)))
     for steps in (10, 20):
-        rows.append(("dpm++2m", "DPM-Solver++(2M)", steps, {}))
+        rows.append(("difflab", "dpm++2m", "DPM-Solver++(2M)", steps, {}))
     for steps in (6, 11):   # Heun: 2 * steps - 1 NFE -> 11 and 21
-        rows.append(("heun", "Heun (EDM)", steps, {}))
+        rows.append(("difflab", "heun", "Heun (EDM)", steps, {}))
+    for kind, label in (("ddim", "diffusers DDIMScheduler (eta 0)"), ("dpm", "diffusers DPMSolverMultistep (2M)")):
+        for steps in (10, 20):
+            rows.append(("diffusers", kind, label, steps, {}))
     return rows
+
+
+def cost(row, num_timesteps: int) -> int:
+    """Network evaluations per sample, near enough to balance rows over processes."""
+    impl, name, _, steps, _ = row
+    return num_timesteps if steps is None else (2 * steps - 1 if name == "heun" else steps)
+
+
+def split_rows(rows: list, jobs: int, num_timesteps: int) -> list[list[int]]:
+    """Row indices for each of ``jobs`` processes: longest first, each to the least loaded process."""
+    parts, loads = [[] for _ in range(jobs)], [0] * jobs
+    for i in sorted(range(len(rows)), key=lambda i: -cost(rows[i], num_timesteps)):
+        j = loads.index(min(loads))
+        parts[j].append(i)
+        loads[j] += cost(rows[i], num_timesteps)
+    return [sorted(p) for p in parts if p]
+
+
+def drop_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """``argv`` without the given ``--flag value`` pairs."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def measure(run, feat, ref, row, args) -> dict:
+    impl, name, label, steps, opts = row
+    t0 = time.perf_counter()
+    if impl == "difflab":
+        images, nfe = ours(run, name, steps, args.n, args.seed, args.batch, **opts)
+    else:
+        images, nfe = diffusers_peer(run, name, steps, args.n, args.seed, args.batch)
+    return dict(sampler=label, impl=impl, nfe=nfe, fd=fd_of(feat, ref, images), seconds=time.perf_counter() - t0)
+
+
+def measure_in_processes(rows: list, parts: list[list[int]], argv: list[str], workdir: Path) -> list[dict]:
+    """Run each part's rows in its own single-threaded process (``--_rows``) and gather their results."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = []
+    for k, part in enumerate(parts):
+        out = workdir / f"part{k}.json"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, __file__, *argv, "--threads", "1", "--_rows", ",".join(map(str, part)),
+               "--_rows-out", str(out)]
+        print(f"process {k}: " + "; ".join(f"{rows[i][2]} {rows[i][3] or ''}".strip() for i in part), flush=True)
+        procs.append((subprocess.Popen(cmd, env=env), out))
+    table = []
+    for p, out in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"a measuring process failed (exit {p.returncode}); its rows are missing")
+        table += json.loads(out.read_text())
+    return table
 
 
 def main(argv=None):
@@ -136,12 +213,26 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
     ap.add_argument("--only", default=None, help="re-measure only rows whose label contains this text; the other "
                                                  "rows come from the previous run's JSON")
+    ap.add_argument("--jobs", type=int, default=1, help="measure the rows in this many single-threaded processes "
+                                                         "at once (one per core); the figures do not change")
+    ap.add_argument("--_rows", dest="rows", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_rows-out", dest="rows_out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
 
     run = load_run(args.run)
     feat, ref, train, test = evaluator(args.dataset, args.data_root)
+    rows = configurations(args.quick)
+    if args.rows is not None:   # a worker of --jobs: measure these rows only, hand them back in a file
+        done = []
+        for i in map(int, args.rows.split(",")):
+            done.append(measure(run, feat, ref, rows[i], args))
+            print(json.dumps(done[-1]), flush=True)
+        Path(args.rows_out).write_text(json.dumps(done))
+        return
     g = torch.Generator().manual_seed(args.seed)
     floor_idx = torch.randperm(len(train), generator=g)[:args.n]
     floor = fd_of(feat, ref, train.to_float()[floor_idx])
@@ -150,37 +241,32 @@ def main(argv=None):
     stored = ARTIFACTS / f"sampler_quality_{args.dataset}.json"
     wanted = (lambda label: args.only in label) if args.only else (lambda label: True)
     table = [r for r in json.loads(stored.read_text()) if not wanted(r["sampler"])] if args.only else []
-    for name, label, steps, opts in configurations(args.quick):
-        if not wanted(label):
-            continue
-        t0 = time.perf_counter()
-        images, nfe = ours(run, name, steps, args.n, args.seed, args.batch, **opts)
-        fd = fd_of(feat, ref, images)
-        table.append(dict(sampler=label, impl="difflab", nfe=nfe, fd=fd, seconds=time.perf_counter() - t0))
-        print(json.dumps(table[-1]), flush=True)
-    for kind, label in (("ddim", "diffusers DDIMScheduler (eta 0)"), ("dpm", "diffusers DPMSolverMultistep (2M)")):
-        if not wanted(label):
-            continue
-        for steps in (10, 20):
-            t0 = time.perf_counter()
-            images, nfe = diffusers_peer(run, kind, steps, args.n, args.seed, args.batch)
-            fd = fd_of(feat, ref, images)
-            table.append(dict(sampler=label, impl="diffusers", nfe=nfe, fd=fd, seconds=time.perf_counter() - t0))
+    todo = [row for row in rows if wanted(row[2])]
+    if args.jobs > 1 and len(todo) > 1:
+        # workers get their rows by index, one thread each
+        worker_argv = drop_flags(argv if argv is not None else sys.argv[1:], ("--jobs", "--threads", "--only"))
+        parts = split_rows(todo, args.jobs, run.diffusion.num_timesteps)
+        index = [rows.index(row) for row in todo]
+        table += measure_in_processes(rows, [[index[i] for i in part] for part in parts], worker_argv,
+                                      ARTIFACTS / f"sampler_quality_{args.dataset}.parts")
+    else:
+        for row in todo:
+            table.append(measure(run, feat, ref, row, args))
             print(json.dumps(table[-1]), flush=True)
 
     stored.write_text(json.dumps(table, indent=1))
     ddpm_best = min(r["fd"] for r in table if r["sampler"].startswith("DDPM"))
     best10 = min((r for r in table if r["impl"] == "difflab" and r["nfe"] <= 10), key=lambda r: r["fd"])
     peer10 = min((r for r in table if r["impl"] == "diffusers" and r["nfe"] <= 10), key=lambda r: r["fd"])
-    argv_ = list(argv if argv is not None else sys.argv[1:])
-    if "--only" in argv_:   # the table is the full run's; --only re-measured some rows of it
-        i = argv_.index("--only")
-        argv_ = argv_[:i] + argv_[i + 2:]
-    cmd = "python benchmarks/sampler_quality.py " + " ".join(argv_)
+    # the table is the full run's (--only re-measured some rows of it)
+    cmd = "python benchmarks/sampler_quality.py " + " ".join(drop_flags(argv if argv is not None else sys.argv[1:],
+                                                                         ("--only",)))
     lines = [f"## Sampler quality ({args.dataset})", "",
              f"Command: `{cmd}`", "",
              f"Model: `{args.run}` (step {run.step}, {run.weights} weights; prediction {run.diffusion.prediction}, "
-             f"{run.config.diffusion.schedule} schedule, T={run.diffusion.num_timesteps}). "
+             f"{run.config.diffusion.schedule} schedule, T={run.diffusion.num_timesteps}"
+             + (f"; class-conditional, sample i drawn as class i mod {run.config.model.num_classes}, no guidance"
+                if run.config.model.num_classes else "") + "). "
              f"Featurizer: `{feat.name}` (difflab's clean classifier, trained on the training split only); "
              f"reference: the {len(test)}-image test split. {args.n} samples per row, sample i seeded "
              f"{args.seed} * 2^20 + i (the same starting noise for every row), predicted x_0 clipped to [-1, 1].", "",

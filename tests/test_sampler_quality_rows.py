@@ -1,0 +1,36 @@
+"""The sampler benchmark's row bookkeeping: splitting rows over processes and rewriting its command line."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import sampler_quality as sq  # noqa: E402
+
+
+def test_split_rows_covers_every_row_once_and_balances_the_two_ddpm_chains():
+    rows = sq.configurations(quick=False)
+    parts = sq.split_rows(rows, 2, num_timesteps=1000)
+    assert sorted(i for p in parts for i in p) == list(range(len(rows)))
+    # the two 1000-step chains dominate the cost, so they go to different processes
+    ddpm = [i for i, r in enumerate(rows) if r[3] is None]
+    assert len(ddpm) == 2 and not any(set(ddpm) <= set(p) for p in parts)
+    loads = [sum(sq.cost(rows[i], 1000) for i in p) for p in parts]
+    assert max(loads) - min(loads) <= max(sq.cost(r, 1000) for r in rows if r[3] is not None)
+
+
+def test_split_rows_with_more_jobs_than_rows_returns_no_empty_part():
+    rows = sq.configurations(quick=True)[:3]
+    parts = sq.split_rows(rows, 8, num_timesteps=1000)
+    assert len(parts) == 3 and all(parts)
+
+
+def test_heun_cost_counts_both_evaluations_per_step():
+    assert sq.cost(("difflab", "heun", "Heun (EDM)", 6, {}), 1000) == 11
+    assert sq.cost(("difflab", "ddim", "DDIM eta=0", 10, {}), 1000) == 10
+
+
+def test_drop_flags_removes_flag_and_value_only():
+    argv = ["--run", "r", "--jobs", "2", "--n", "500", "--only", "DDPM"]
+    assert sq.drop_flags(argv, ("--jobs", "--only")) == ["--run", "r", "--n", "500"]
+    assert sq.drop_flags(argv, ()) == argv
