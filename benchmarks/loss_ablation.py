@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from difflab.config import load_config  # noqa: E402
-from sampler_quality import evaluator, fd_of, ours, write_section  # noqa: E402
+from sampler_quality import drop_flags, evaluator, fd_of, ours, write_section  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 ARTIFACTS = ROOT / "benchmarks" / "artifacts"
@@ -62,47 +62,59 @@ def run_all(procs: dict[str, subprocess.Popen], what: str, out: Path) -> None:
             raise SystemExit(f"{what} of {name} failed (exit {p.returncode}); see {out / (name + '.' + what + '.log')}")
 
 
+PARTS = ("fd", "nll", "nll-clip")
+
+
 def evaluate(variant: str, args) -> dict:
+    """Measure ``args.parts`` of one run and merge them into its ``<variant>.eval.json`` (a part measured
+    before on the same checkpoint step is replaced, the others are kept)."""
     from difflab.data import load_dataset
     from difflab.eval.nll import evaluate_nll
     from difflab.train.checkpoint import load_run
 
     torch.set_num_threads(1)
     run = load_run(Path(args.out) / variant)
-    feat, ref, train, test = evaluator("mnist", args.data_root)
-    t0 = time.perf_counter()
-    images, nfe = ours(run, "ddpm", args.steps, args.n, args.seed, args.batch)
-    fd = fd_of(feat, ref, images)
-    sample_s = time.perf_counter() - t0
+    path = Path(args.out) / f"{variant}.eval.json"
+    row = json.loads(path.read_text()) if path.is_file() else {}
+    if row.get("step") != run.step:   # measured on another checkpoint: start again
+        row = {}
+    row.update(variant=variant, step=run.step)
+    parts = args.parts.split(",")
+    if "fd" in parts:
+        feat, ref, train, test = evaluator("mnist", args.data_root)
+        t0 = time.perf_counter()
+        images, nfe = ours(run, "ddpm", args.steps, args.n, args.seed, args.batch)
+        row.update(fd=fd_of(feat, ref, images), fd_n=args.n, nfe=nfe, sample_seconds=time.perf_counter() - t0)
     test_images = load_dataset("mnist", root=args.data_root, split="test").to_float()[:args.nll_n]
-    t0 = time.perf_counter()
-    nll = evaluate_nll(run.model, run.diffusion, test_images, batch_size=50, seed=args.seed)
-    row = dict(variant=variant, step=run.step, fd=fd, nfe=nfe, sample_seconds=sample_s, **nll.to_dict(),
-               nll_seconds=time.perf_counter() - t0, per_image_bpd=nll.per_image.tolist(), terms=nll.terms.tolist())
-    (Path(args.out) / f"{variant}.eval.json").write_text(json.dumps(row))
+    for part, clip in (("nll", False), ("nll-clip", True)):
+        if part not in parts:
+            continue
+        t0 = time.perf_counter()
+        nll = evaluate_nll(run.model, run.diffusion, test_images, batch_size=50, seed=args.seed, clip_denoised=clip)
+        row[part] = dict(**nll.to_dict(), seconds=time.perf_counter() - t0, per_image_bpd=nll.per_image.tolist(),
+                         terms=nll.terms.tolist())
+    path.write_text(json.dumps(row))
     return row
 
 
-def paired_difference(rows: list[dict]) -> list[str]:
+def paired_difference(simple: dict, hybrid: dict) -> str:
     """Both runs are scored on the same test images, so their bits/dim differ with a paired standard error,
     smaller than either run's own."""
-    simple, hybrid = rows
-    if "per_image_bpd" not in simple or "per_image_bpd" not in hybrid:
-        return []
     d = np.asarray(simple["per_image_bpd"]) - np.asarray(hybrid["per_image_bpd"])
     se = d.std(ddof=1) / np.sqrt(len(d))
     better = "L_hybrid" if d.mean() > 0 else "L_simple"
-    return [f"Paired over the same {len(d)} test images, L_simple minus L_hybrid: {d.mean():+.3f} +- {se:.3f} "
-            f"bits/dim ({better} has the better likelihood; {abs(d.mean()) / se:.1f} standard errors).", ""]
+    return (f"L_simple minus L_hybrid, paired over the same {len(d)} test images: {d.mean():+.3f} +- {se:.3f} "
+            f"bits/dim ({better} has the better likelihood; {abs(d.mean()) / se:.1f} standard errors)")
 
 
 def plot_terms(rows: list[dict], path: Path) -> Path:
-    """Each run's per-timestep bound L_t (bits/dim) against t, on one log-scale plot."""
+    """Each run's per-timestep bound L_t (bits/dim, unclipped) against t, on one log-scale plot."""
     from difflab.viz import plot_curve
 
-    curves = {f"L_{r['variant']} ({r['bpd']:.3f} bits/dim)": np.maximum(np.asarray(r["terms"]), 1e-12) for r in rows}
+    curves = {f"L_{r['variant']} ({r['nll']['bpd']:.3f} bits/dim)": np.maximum(np.asarray(r["nll"]["terms"]), 1e-12)
+              for r in rows}
     # log t: the learned variance matters most in the first steps, which a linear axis squeezes into its edge
-    return plot_curve(np.arange(1, len(rows[0]["terms"]) + 1), curves, path, xlabel="timestep t + 1",
+    return plot_curve(np.arange(1, len(rows[0]["nll"]["terms"]) + 1), curves, path, xlabel="timestep t + 1",
                       ylabel="bits/dim", logx=True, logy=True, marker="", title="variational bound per term, test images")
 
 
@@ -119,10 +131,15 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-only", action="store_true", help="evaluate the trained runs again, do not train")
     ap.add_argument("--report-only", action="store_true", help="write the section from the stored evaluations")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="what to evaluate: fd (sample quality), nll (the bound), nll-clip (the bound with predicted "
+                         "x_0 clipped to [-1, 1], the model as it samples); comma-separated, default all")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--_eval", dest="eval_variant", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if set(args.parts.split(",")) - set(PARTS):
+        ap.error(f"--parts takes a comma-separated subset of {', '.join(PARTS)}, got {args.parts!r}")
     if args.eval_variant:
         print(json.dumps(evaluate(args.eval_variant, args)))
         return
@@ -133,12 +150,15 @@ def main(argv=None):
                            "train.num_threads=1", f"train.seed={args.seed}", *VARIANTS[v]], out / f"{v}.train.log")
                  for v in VARIANTS}, "train", out)
     passthrough = ["--out", args.out, "--data-root", args.data_root, "--n", str(args.n), "--steps", str(args.steps),
-                   "--nll-n", str(args.nll_n), "--batch", str(args.batch), "--seed", str(args.seed)]
+                   "--nll-n", str(args.nll_n), "--batch", str(args.batch), "--seed", str(args.seed),
+                   "--parts", args.parts]
     if not args.report_only:
         run_all({v: child([sys.executable, __file__, "--_eval", v, *passthrough], out / f"{v}.eval.log")
                  for v in VARIANTS}, "eval", out)
     rows = [json.loads((out / f"{v}.eval.json").read_text()) for v in VARIANTS]
-    command = " ".join(a for a in argv if a not in ("--eval-only", "--report-only", "--no-write"))
+    # the command that measures everything (--parts only re-measures some of it)
+    command = " ".join(a for a in drop_flags(argv, ("--parts",)) if a not in ("--eval-only", "--report-only",
+                                                                               "--no-write"))
     minutes = load_config(out / "simple" / "config.yaml").train.max_minutes   # the budget the runs trained with
 
     lines = [HEADING, "", f"Command: `python benchmarks/loss_ablation.py {command}`",
@@ -147,18 +167,24 @@ def main(argv=None):
              f"network except the variance channels). Samples: {args.n} ancestral DDPM samples on a {args.steps}-step "
              "respaced chain (sigma^2 = beta-tilde for L_simple, the learned variance for L_hybrid), EMA weights, FD "
              "to the 10k test split in the clean evaluation classifier's feature space. Likelihood: bits/dim of the "
-             f"first {rows[0]['n']} test images with the full variational bound (all T terms + L_T), EMA weights.", "",
-             "| objective | variance | steps trained | FD | test bits/dim (+- s.e.) | L_0 (bits/dim) | L_T |",
-             "|---|---|---|---|---|---|---|"]
+             f"first {rows[0]['nll']['n']} test images with the full variational bound (all T terms + L_T), EMA "
+             "weights; unclipped (the network's own x_0) and, where measured, with predicted x_0 clipped to [-1, 1] "
+             "in every term (the model as it samples).", "",
+             "| objective | variance | steps trained | FD | test bits/dim (+- s.e.) | L_0 | L_T-1 (last term) "
+             "| bits/dim, x_0 clipped |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         var = "fixed beta-tilde" if r["variant"] == "simple" else "learned (iDDPM eq. 15)"
-        lines.append(f"| L_{r['variant']} | {var} | {r['step']} | {r['fd']:.2f} | {r['bpd']:.3f} +- {r['bpd_se']:.3f} "
-                     f"| {r['decoder_bpd']:.3f} | {r['prior_bpd']:.2e} |")
+        nll, clipped = r["nll"], r.get("nll-clip")
+        lines.append(f"| L_{r['variant']} | {var} | {r['step']} | {r['fd']:.2f} | {nll['bpd']:.3f} +- "
+                     f"{nll['bpd_se']:.3f} | {nll['decoder_bpd']:.3f} | {nll['terms'][-1]:.3f} | "
+                     + (f"{clipped['bpd']:.3f} +- {clipped['bpd_se']:.3f} |" if clipped else "not measured |"))
     lines.append("")
-    lines += paired_difference(rows)
-    if all("terms" in r for r in rows):
-        plot = plot_terms(rows, ARTIFACTS / "loss_ablation_terms.png")
-        lines += [f"![per-term bound]({plot.relative_to(RESULTS.parent).as_posix()})", ""]
+    for part, what in (("nll", "Unclipped bound"), ("nll-clip", "Clipped bound")):
+        if all(part in r for r in rows):
+            lines += [f"{what}: {paired_difference(rows[0][part], rows[1][part])}.", ""]
+    plot = plot_terms(rows, ARTIFACTS / "loss_ablation_terms.png")
+    lines += [f"![per-term bound]({plot.relative_to(RESULTS.parent).as_posix()})", ""]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

@@ -213,6 +213,8 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
     ap.add_argument("--only", default=None, help="re-measure only rows whose label contains this text; the other "
                                                  "rows come from the previous run's JSON")
+    ap.add_argument("--report-only", action="store_true", help="write the section from the stored rows "
+                                                                  "(benchmarks/artifacts/sampler_quality_<dataset>.json)")
     ap.add_argument("--jobs", type=int, default=1, help="measure the rows in this many single-threaded processes "
                                                          "at once (one per core); the figures do not change")
     ap.add_argument("--_rows", dest="rows", default=None, help=argparse.SUPPRESS)
@@ -240,8 +242,11 @@ def main(argv=None):
 
     stored = ARTIFACTS / f"sampler_quality_{args.dataset}.json"
     wanted = (lambda label: args.only in label) if args.only else (lambda label: True)
-    table = [r for r in json.loads(stored.read_text()) if not wanted(r["sampler"])] if args.only else []
-    todo = [row for row in rows if wanted(row[2])]
+    if args.report_only:
+        table, todo = json.loads(stored.read_text()), []
+    else:
+        table = [r for r in json.loads(stored.read_text()) if not wanted(r["sampler"])] if args.only else []
+        todo = [row for row in rows if wanted(row[2])]
     if args.jobs > 1 and len(todo) > 1:
         # workers get their rows by index, one thread each
         worker_argv = drop_flags(argv if argv is not None else sys.argv[1:], ("--jobs", "--threads", "--only"))
@@ -259,8 +264,9 @@ def main(argv=None):
     best10 = min((r for r in table if r["impl"] == "difflab" and r["nfe"] <= 10), key=lambda r: r["fd"])
     peer10 = min((r for r in table if r["impl"] == "diffusers" and r["nfe"] <= 10), key=lambda r: r["fd"])
     # the table is the full run's (--only re-measured some rows of it)
-    cmd = "python benchmarks/sampler_quality.py " + " ".join(drop_flags(argv if argv is not None else sys.argv[1:],
-                                                                         ("--only",)))
+    cmd = "python benchmarks/sampler_quality.py " + " ".join(
+        a for a in drop_flags(argv if argv is not None else sys.argv[1:], ("--only",))
+        if a not in ("--report-only", "--no-write"))
     lines = [f"## Sampler quality ({args.dataset})", "",
              f"Command: `{cmd}`", "",
              f"Model: `{args.run}` (step {run.step}, {run.weights} weights; prediction {run.diffusion.prediction}, "

@@ -253,6 +253,31 @@ def test_eval_nll_writes_json_and_plot(runs, tmp_path, capsys):
     assert doc["bpd"] == pytest.approx(sum(doc["terms_bpd"]) + doc["prior_bpd"], rel=1e-6)
     assert doc["conditioning"].startswith("true labels") and f"{doc['bpd']:.4f} +- " in out
     assert (tmp_path / "nll" / "nll_terms.png").stat().st_size > 1000
+    assert doc["clip_denoised"] is False and "predicted x_0 not clipped" in out
+    code, out, err = run_cli(capsys, "eval", "nll", "--checkpoint", runs["cond"], "--dataset", "digits", "-n", 2,
+                             "--batch-size", 2, "--out", tmp_path / "clip", "--no-progress", "--clip")
+    assert code == 0, err
+    clipped = json.loads((tmp_path / "clip" / "nll.json").read_text())
+    assert clipped["clip_denoised"] is True and "predicted x_0 clipped to [-1, 1]" in out
+    # the same images and noise: L_0 at t = 0 differs only through the clamp, and so does the total
+    assert clipped["bpd"] != doc["bpd"] and math.isfinite(clipped["bpd"])
+    assert clipped["prior_bpd"] == doc["prior_bpd"]
+
+
+def test_a_large_last_term_of_the_unclipped_bound_gets_a_note():
+    from types import SimpleNamespace
+
+    from difflab.cli.evaluate import last_term_note
+    from difflab.diffusion import GaussianDiffusion
+    from difflab.schedules import make_betas
+
+    cosine = GaussianDiffusion(make_betas("cosine", 1000))
+    terms = np.full(1000, 1e-3)
+    terms[-1] = 0.7
+    note = last_term_note(SimpleNamespace(terms=terms, bpd=float(terms.sum())), cosine)
+    assert "L_999 alone is 0.700 bits/dim" in note and "2e+04" in note and "--clip" in note
+    terms[-1] = 1e-3
+    assert last_term_note(SimpleNamespace(terms=terms, bpd=float(terms.sum())), cosine) is None
 
 
 def test_eval_without_a_metric_is_a_usage_error(capsys):

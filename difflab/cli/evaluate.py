@@ -61,6 +61,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     nll.add_argument("-n", type=int, default=100, help="held-out images (a random subset; default 100)")
     nll.add_argument("--null-class", action="store_true", help="class-conditional model: evaluate with the null "
                                                                "class (log p(x)) instead of the true labels")
+    nll.add_argument("--clip", action="store_true",
+                     help="clamp predicted x_0 to [-1, 1] in every term: the bound of the model as it samples "
+                          "with clipping (default: the unclipped model)")
     nll.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval)")
     nll.set_defaults(eval_run=run_eval_nll)
 
@@ -294,14 +297,15 @@ def run_eval_nll(args) -> int:
             kwargs_fn, conditioning = (lambda i: {"y": y[i].to(device)}), "true labels (log p(x | y))"
     out_dir = Path(args.out) if args.out else _run_dir_of(run.checkpoint) / "eval"
     T = run.diffusion.num_timesteps
+    clip = "predicted x_0 clipped to [-1, 1]" if args.clip else "predicted x_0 not clipped"
     _say(f"NLL of {args.n} {dataset} {args.split} images under {run.checkpoint} ({run.weights} weights, step "
-         f"{run.step}): full bound, {T} network evaluations per batch; conditioning: {conditioning}")
+         f"{run.step}): full bound, {T} network evaluations per batch; conditioning: {conditioning}; {clip}")
     res = evaluate_nll(run.model, run.diffusion, x.to(device), batch_size=args.batch_size or 64,
-                       model_kwargs_fn=kwargs_fn, seed=seed, progress=not args.no_progress)
+                       model_kwargs_fn=kwargs_fn, seed=seed, clip_denoised=args.clip, progress=not args.no_progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {**res.to_dict(), "dataset": dataset, "split": args.split, "checkpoint": str(run.checkpoint),
            "step": run.step, "weights": run.weights, "num_timesteps": T, "conditioning": conditioning, "seed": seed,
-           "terms_bpd": [float(v) for v in res.terms]}
+           "clip_denoised": bool(args.clip), "terms_bpd": [float(v) for v in res.terms]}
     json_path = out_dir / "nll.json"
     json_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     plot = plot_nll_terms(res, out_dir / "nll_terms.png")
@@ -310,7 +314,22 @@ def run_eval_nll(args) -> int:
          f"{res.prior_bpd:.2e}, decoder L_0 {res.decoder_bpd:.4f})")
     for label, path in (("results", json_path), ("plot", plot)):
         _say(f"  {label + ':':12s}{path}")
+    note = None if args.clip else last_term_note(res, run.diffusion)
+    if note:
+        _say(note)
     return 0
+
+
+def last_term_note(res, diffusion) -> str | None:
+    """A note when the unclipped bound's last term L_{T-1} is a large share of it (> 5%): on a schedule
+    whose last alphas_cumprod is tiny (cosine: 2.4e-9) the x_0 estimate there amplifies the network's error."""
+    T, last = len(res.terms), float(res.terms[-1])
+    if T < 2 or not last > 0.05 * res.bpd:
+        return None
+    abar = float(diffusion.terms.alphas_cumprod[-1])
+    return (f"note: the last term L_{T - 1} alone is {last:.3f} bits/dim ({100 * last / res.bpd:.0f}% of the bound). "
+            f"At alphas_cumprod[{T - 1}] = {abar:.2g} the unclipped x_0 estimate multiplies the network's error by "
+            f"{1 / abar ** 0.5:.2g}; --clip gives the bound of the model as it samples (with clipping)")
 
 
 def _refuse_conditioned(run) -> None:
