@@ -407,11 +407,13 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
         ckpt_every_s = tc.checkpoint_every_minutes * 60.0
         next_time_ckpt = (math.floor(train_seconds / ckpt_every_s) + 1) * ckpt_every_s if ckpt_every_s else math.inf
         while step < tc.steps:
-            if D.any_true(stop.signum is not None, info, device):
+            # one collective per step: a stop request on any rank, and the slowest rank's training time
+            stop_flag, slowest_s = D.max_over_ranks([stop.signum is not None, train_seconds], info, device)
+            if stop_flag:
                 interrupted = True
                 break
-            if budget_s and D.any_true(train_seconds >= budget_s, info, device):
-                log(f"time budget reached: {train_seconds / 60:.2f} min of training (train.max_minutes="
+            if budget_s and slowest_s >= budget_s:
+                log(f"time budget reached: {slowest_s / 60:.2f} min of training (train.max_minutes="
                     f"{tc.max_minutes:g}) at step {step}")
                 break
             step_t0 = time.perf_counter()
@@ -420,8 +422,7 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
                            class_dropout=tc.class_dropout, shard=shard, timestep_sampler=t_sampler,
                            to_x_0=conditioning.x_0_fn if conditioning is not None else None)
             # with a time budget the decay ends at the budget; the same fraction on every rank (one LR for all)
-            time_frac = (D.mean_over_ranks(train_seconds, info, device) / budget_s
-                         if budget_s and tc.lr_decay != "constant" else None)
+            time_frac = slowest_s / budget_s if budget_s and tc.lr_decay != "constant" else None
             lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.lr_decay, tc.steps, time_frac=time_frac)
             for group in opt.param_groups:
                 group["lr"] = lr

@@ -44,6 +44,29 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     assert state["world_size"] == 2 and state["rng_cpu"].shape[0] == 2
 
 
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed + gloo")
+def test_two_processes_stop_together_at_the_time_budget_with_a_time_based_lr_decay(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "difflab", "train", "--preset", "tiny", "--steps", "100000", "--out", str(tmp_path / "ddp"),
+           "--no-progress", "--set", "train.num_threads=1", "train.batch_size=16", "sample.n=4", "sample.steps=2",
+           "train.max_minutes=0.02", "train.lr_decay=cosine"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # the replicas must leave the loop at one step (else the next collective hangs) and agree on the LR
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("time budget reached") == 1, proc.stderr[-2000:]   # rank 0 alone logs it
+    ckpts = tmp_path / "ddp" / "checkpoints"
+    state = torch.load(ckpts / (ckpts / "latest").read_text().strip() / "training_state.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["step"] > 0
+
+
+def test_max_over_ranks_without_ddp_returns_the_values():
+    from difflab.train.distributed import max_over_ranks
+
+    assert max_over_ranks([True, 2.5], DistInfo(), torch.device("cpu")) == [1.0, 2.5]
+
+
 def test_replica_check_is_a_no_op_without_ddp():
     check_replicas_in_sync(torch.nn.Linear(2, 2), DistInfo(), torch.device("cpu"))
     assert DistInfo().is_main and not DistInfo().enabled and DistInfo(rank=1, world_size=2).enabled
