@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import MNIST_DIR, RESULTS, ROOT, write_section  # noqa: E402  (puts the repository on sys.path)
 
 from difflab.eval import (  # noqa: E402
     ClassifierFeaturizer,
@@ -40,10 +39,8 @@ from difflab.eval import (  # noqa: E402
     train_eval_classifier,
 )
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"   # shared/ beside the repo
 ARTIFACT = ROOT / "benchmarks" / "artifacts" / "eval_classifier_mnist"
 STATS_DIR = ROOT / "benchmarks" / "artifacts" / "eval_stats"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Evaluation floor"
 
 
@@ -206,22 +203,9 @@ def main() -> None:
             cols.append(f"{med(vals):.4f} [{rng(vals)}]" if repeats > 1 else f"{med(vals):.4f}")
         lines.append(f"| {n} | " + " | ".join(cols) + f" | {pr_secs:.1f} |")
     lines.append("")
-    write_section("\n".join(lines) + "\n")
+    write_section(RESULTS, SECTION, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote the '{SECTION}' section of {RESULTS}")
-
-
-def write_section(text: str) -> None:
-    """Replace (or append) only this script's section of RESULTS.md."""
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.strip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "".join(lines[:start]) + text + ("\n" if end < len(lines) else "") + "".join(lines[end:])
-    RESULTS.write_text(new)
 
 
 if __name__ == "__main__":

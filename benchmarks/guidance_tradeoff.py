@@ -30,24 +30,18 @@ import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from sampler_quality import evaluator, write_section  # noqa: E402
+from _common import ARTIFACTS, MNIST_DIR, RESULTS, write_section  # noqa: E402  (puts the repository on sys.path)
+from sampler_quality import evaluator  # noqa: E402
 
 from difflab.eval import compute_stats, frechet_distance, precision_recall, predict  # noqa: E402
 from difflab.train.checkpoint import load_run  # noqa: E402
 from difflab.train.classifier import load_classifier  # noqa: E402
 from difflab.train.sampling import GuidanceOptions, build_guided_model, sample_images  # noqa: E402
 
-ARTIFACTS = ROOT / "benchmarks" / "artifacts"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 HEADING = "## Guidance trade-off (MNIST)"
 
 
@@ -74,7 +68,7 @@ def main(argv=None):
     ap.add_argument("--cfg-run", required=True, help="class-conditional run trained with label dropout")
     ap.add_argument("--uncond-run", required=True, help="unconditional run")
     ap.add_argument("--classifier", required=True, help="noise-aware classifier run (difflab train-classifier)")
-    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--data-root", default=str(MNIST_DIR))
     ap.add_argument("--cfg-weights", default="0,0.5,1,2,4")
     ap.add_argument("--classifier-scales", default="0,1,2,5,10")
     ap.add_argument("--sampler", default="ddim")

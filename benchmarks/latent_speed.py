@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,9 +42,7 @@ from typing import Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from _common import RESULTS  # noqa: E402  (puts the repository on sys.path)
 from difflab.config import RUN_PRESETS  # noqa: E402
 from difflab.data.transforms import uint8_to_float  # noqa: E402
 from difflab.guidance import classifier_free  # noqa: E402
@@ -58,7 +55,6 @@ from difflab.train.conditioning import Prompts  # noqa: E402
 from difflab.train.ema import EMA  # noqa: E402
 from difflab.train.sampling import sample_images  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 PARENT = "## Latent diffusion"
 HEADING = "### Latent vs pixel speed"
 POOL = 1024          # cached training examples to draw batches from (the data's values do not affect timing)

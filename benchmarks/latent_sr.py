@@ -17,13 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from _common import ARTIFACTS, MNIST_DIR  # noqa: E402  (puts the repository on sys.path)
 from difflab.data import load_dataset  # noqa: E402
 from difflab.data.transforms import low_res_condition  # noqa: E402
 from difflab.eval import ClassifierFeaturizer, compute_stats, frechet_distance, load_eval_classifier, predict  # noqa: E402
@@ -35,8 +32,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a super-resolution run (preset mnist-latent-sr)")
-    p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist"))
-    p.add_argument("--classifier", default=str(ROOT / "benchmarks" / "artifacts" / "eval_classifier_mnist"))
+    p.add_argument("--data-root", default=str(MNIST_DIR))
+    p.add_argument("--classifier", default=str(ARTIFACTS / "eval_classifier_mnist"))
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)

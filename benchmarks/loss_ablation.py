@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -32,15 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
+from _common import ARTIFACTS, MNIST_DIR, RESULTS, child, write_section  # noqa: E402  (puts the repository on sys.path)
 from difflab.config import load_config  # noqa: E402
-from sampler_quality import drop_flags, evaluator, fd_of, ours, write_section  # noqa: E402
+from sampler_quality import drop_flags, evaluator, fd_of, ours  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-ARTIFACTS = ROOT / "benchmarks" / "artifacts"
 HEADING = "## L_simple vs L_hybrid (MNIST)"
 VARIANTS = {
     "simple": ["diffusion.prediction=eps", "diffusion.loss_weighting=none", "diffusion.loss=simple",
@@ -48,12 +42,6 @@ VARIANTS = {
     "hybrid": ["diffusion.prediction=eps", "diffusion.loss_weighting=none", "diffusion.loss=hybrid",
                "diffusion.variance=learned_range", "model.learn_sigma=true"],
 }
-
-
-def child(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    print("$ " + " ".join(cmd), flush=True)
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
 
 def run_all(procs: dict[str, subprocess.Popen], what: str, out: Path) -> None:
@@ -123,7 +111,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0, help="training wall-clock per run")
     ap.add_argument("--out", default="runs/loss-ablation")
-    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--data-root", default=str(MNIST_DIR))
     ap.add_argument("--n", type=int, default=1000, help="samples for the Frechet distance")
     ap.add_argument("--steps", type=int, default=50, help="respaced DDPM steps for sampling")
     ap.add_argument("--nll-n", type=int, default=100, help="test images for bits/dim")

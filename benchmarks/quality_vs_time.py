@@ -43,14 +43,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import ARTIFACTS, RESULTS, ROOT, single_threaded_env, write_section  # noqa: E402
+from sampler_quality import evaluator, fd_of  # noqa: E402
 
-from sampler_quality import evaluator, fd_of, write_section  # noqa: E402
-
-ARTIFACTS = ROOT / "benchmarks" / "artifacts"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 HEADING = "## Quality vs training time (MNIST)"
 DIFFUSERS_BATCH = 64
 
@@ -146,7 +141,7 @@ def sample_diffusers(state_path: Path, n: int, seed: int, batch: int, steps: int
 
 # ----------------------------------------------------------------------------- training both recipes
 def launch(recipe: str, args, threads: int) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = single_threaded_env(threads)
     out = Path(args.out) / recipe
     log = open(Path(args.out) / f"{recipe}.log", "w")
     if recipe == "difflab":
@@ -272,7 +267,7 @@ def evaluate_all(args) -> list[dict]:
     """Both recipes' points, evaluated in two processes at once (one thread each) with --parallel."""
     recipes = ("difflab", "diffusers")
     if args.parallel:
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env = single_threaded_env()
         common = ["--out", args.out, "--data-root", args.data_root, "--every", str(args.every), "--n", str(args.n),
                   *(["--difflab-steps", str(args.difflab_steps)] if args.difflab_steps else []),
                   *(["--difflab-guidance", args.difflab_guidance] if args.difflab_guidance else []),

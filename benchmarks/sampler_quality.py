@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,9 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from _common import ARTIFACTS, RESULTS, child, write_section  # noqa: E402  (puts the repository on sys.path)
 from difflab.data import load_dataset  # noqa: E402
 from difflab.eval import (EvalClassifierConfig, compute_stats, frechet_distance,  # noqa: E402
                           load_eval_classifier, train_eval_classifier, save_eval_classifier)
@@ -40,8 +36,6 @@ from difflab.samplers import get_sampler  # noqa: E402
 from difflab.train.checkpoint import load_run  # noqa: E402
 from difflab.train.sampling import class_labels  # noqa: E402
 
-ARTIFACTS = ROOT / "benchmarks" / "artifacts"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
 # ----------------------------------------------------------------------------- evaluator
@@ -183,7 +177,6 @@ def measure(run, feat, ref, row, args) -> dict:
 def measure_in_processes(rows: list, parts: list[list[int]], argv: list[str], workdir: Path) -> list[dict]:
     """Run each part's rows in its own single-threaded process (``--_rows``) and gather their results."""
     workdir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs = []
     for k, part in enumerate(parts):
         out = workdir / f"part{k}.json"
@@ -191,7 +184,7 @@ def measure_in_processes(rows: list, parts: list[list[int]], argv: list[str], wo
         cmd = [sys.executable, __file__, *argv, "--threads", "1", "--_rows", ",".join(map(str, part)),
                "--_rows-out", str(out)]
         print(f"process {k}: " + "; ".join(f"{rows[i][2]} {rows[i][3] or ''}".strip() for i in part), flush=True)
-        procs.append((subprocess.Popen(cmd, env=env), out))
+        procs.append((child(cmd), out))
     table = []
     for p, out in procs:
         if p.wait() != 0:
@@ -305,19 +298,6 @@ def main(argv=None):
     print(text)
     if not args.no_write:
         write_section(RESULTS, f"## Sampler quality ({args.dataset})", text)
-
-
-def write_section(path: Path, heading: str, text: str) -> None:
-    """Replace (or append) the section that starts with ``heading``."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = old.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
-    if start is None:
-        new = old.rstrip() + "\n\n" + text + "\n"
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start] + text.splitlines() + lines[end:]) + "\n"
-    path.write_text(new)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, write_section  # noqa: E402  (puts the repository on sys.path)
 
 from difflab.nn import UNet, get_unet_preset  # noqa: E402
 from difflab.nn.io import convert_diffusers_unet2d, diffusers_unet2d_kwargs  # noqa: E402
@@ -289,21 +288,6 @@ def render(results: list[dict], peak: tuple[float, float], threads: int, command
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.strip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + tail if tail else "")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (cifar10: 1)")
@@ -336,7 +320,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         path = ROOT / "benchmarks" / "RESULTS.md"
-        write_section(text, path)
+        write_section(path, SECTION, text)
         print(f"wrote {path}")
 
 

@@ -1,4 +1,4 @@
-"""The sampler benchmark's row bookkeeping: splitting rows over processes and rewriting its command line."""
+"""The benchmark scripts' shared helpers: RESULTS.md sections, and the sampler benchmark's row bookkeeping."""
 
 import sys
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import sampler_quality as sq  # noqa: E402
+from _common import write_section  # noqa: E402
 
 
 def test_split_rows_covers_every_row_once_and_balances_the_two_ddpm_chains():
@@ -34,3 +35,14 @@ def test_drop_flags_removes_flag_and_value_only():
     argv = ["--run", "r", "--jobs", "2", "--n", "500", "--only", "DDPM"]
     assert sq.drop_flags(argv, ("--jobs", "--only")) == ["--run", "r", "--n", "500"]
     assert sq.drop_flags(argv, ()) == argv
+
+
+def test_write_section_replaces_only_its_own_section_and_appends_new_ones(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Benchmark results\n\n## A\n\nold a\n\n## B\n\nkeep b\n")
+    write_section(path, "## A", "## A\n\nnew a\nsecond line\n")
+    assert path.read_text() == "# Benchmark results\n\n## A\n\nnew a\nsecond line\n\n## B\n\nkeep b\n"
+    write_section(path, "## B", "## B\n\nnew b")
+    write_section(path, "## C", "## C\n\nc\n")
+    assert path.read_text() == "# Benchmark results\n\n## A\n\nnew a\nsecond line\n\n## B\n\nnew b\n\n## C\n\nc\n"
+    assert [f.name for f in tmp_path.iterdir()] == ["RESULTS.md"]      # no temporary file left behind

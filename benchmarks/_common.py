@@ -1,0 +1,52 @@
+"""What the benchmark scripts share: the repository paths, RESULTS.md section writing, and
+single-threaded child processes (one per core) for measurements run side by side.
+
+Importing this module puts the repository root on ``sys.path``, so a script run as
+``python benchmarks/<name>.py`` can import difflab without installing it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+ARTIFACTS = ROOT / "benchmarks" / "artifacts"
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"   # the official MNIST files, in shared/ beside the repo
+
+
+def write_section(path: Path, heading: str, text: str) -> None:
+    """Replace the ``heading`` section of ``path`` (up to the next "## " heading) with ``text``, or
+    append it; the file is replaced atomically, so an interrupted write leaves the old one."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    lines = old.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+    if start is None:
+        new = old.rstrip() + "\n\n" + text.rstrip("\n") + "\n"
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        body = text.rstrip("\n").splitlines() + ([""] if end < len(lines) else [])
+        new = "\n".join(lines[:start] + body + lines[end:]) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
+
+
+def single_threaded_env(threads: int = 1) -> dict[str, str]:
+    """The environment of a child process limited to ``threads`` math threads."""
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+
+
+def child(cmd: list[str], log: Path | None = None, threads: int = 1) -> subprocess.Popen:
+    """Start ``cmd`` in the repository root with ``threads`` math threads; its output goes to ``log``
+    (or to this process's output)."""
+    print("$ " + " ".join(cmd), flush=True)
+    out = open(log, "w") if log is not None else None
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
+                            env=single_threaded_env(threads), cwd=ROOT)
