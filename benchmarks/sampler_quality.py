@@ -20,6 +20,7 @@ import argparse
 import inspect
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -174,22 +175,21 @@ def measure(run, feat, ref, row, args) -> dict:
     return dict(sampler=label, impl=impl, nfe=nfe, fd=fd_of(feat, ref, images), seconds=time.perf_counter() - t0)
 
 
-def measure_in_processes(rows: list, parts: list[list[int]], argv: list[str], workdir: Path) -> list[dict]:
+def measure_in_processes(rows: list, parts: list[list[int]], argv: list[str]) -> list[dict]:
     """Run each part's rows in its own single-threaded process (``--_rows``) and gather their results."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for k, part in enumerate(parts):
-        out = workdir / f"part{k}.json"
-        out.unlink(missing_ok=True)
-        cmd = [sys.executable, __file__, *argv, "--threads", "1", "--_rows", ",".join(map(str, part)),
-               "--_rows-out", str(out)]
-        print(f"process {k}: " + "; ".join(f"{rows[i][2]} {rows[i][3] or ''}".strip() for i in part), flush=True)
-        procs.append((child(cmd), out))
-    table = []
-    for p, out in procs:
-        if p.wait() != 0:
-            raise SystemExit(f"a measuring process failed (exit {p.returncode}); its rows are missing")
-        table += json.loads(out.read_text())
+    with tempfile.TemporaryDirectory(prefix="sampler_quality_") as workdir:
+        procs = []
+        for k, part in enumerate(parts):
+            out = Path(workdir) / f"part{k}.json"
+            cmd = [sys.executable, __file__, *argv, "--threads", "1", "--_rows", ",".join(map(str, part)),
+                   "--_rows-out", str(out)]
+            print(f"process {k}: " + "; ".join(f"{rows[i][2]} {rows[i][3] or ''}".strip() for i in part), flush=True)
+            procs.append((child(cmd), out))
+        table = []
+        for p, out in procs:
+            if p.wait() != 0:
+                raise SystemExit(f"a measuring process failed (exit {p.returncode}); its rows are missing")
+            table += json.loads(out.read_text())
     return table
 
 
@@ -245,8 +245,7 @@ def main(argv=None):
         worker_argv = drop_flags(argv if argv is not None else sys.argv[1:], ("--jobs", "--threads", "--only"))
         parts = split_rows(todo, args.jobs, run.diffusion.num_timesteps)
         index = [rows.index(row) for row in todo]
-        table += measure_in_processes(rows, [[index[i] for i in part] for part in parts], worker_argv,
-                                      ARTIFACTS / f"sampler_quality_{args.dataset}.parts")
+        table += measure_in_processes(rows, [[index[i] for i in part] for part in parts], worker_argv)
     else:
         for row in todo:
             table.append(measure(run, feat, ref, row, args))
