@@ -38,15 +38,10 @@ def write_section(path: Path, heading: str, text: str) -> None:
     tmp.replace(path)
 
 
-def single_threaded_env(threads: int = 1) -> dict[str, str]:
-    """The environment of a child process limited to ``threads`` math threads."""
-    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-
-
 def child(cmd: list[str], log: Path | None = None, threads: int = 1) -> subprocess.Popen:
     """Start ``cmd`` in the repository root with ``threads`` math threads; its output goes to ``log``
     (or to this process's output)."""
     print("$ " + " ".join(cmd), flush=True)
     out = open(log, "w") if log is not None else None
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
-                            env=single_threaded_env(threads), cwd=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=env, cwd=ROOT)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import MNIST_DIR, RESULTS, ROOT, write_section  # noqa: E402  (puts the repository on sys.path)
+from _common import ARTIFACTS, MNIST_DIR, RESULTS, ROOT, write_section  # noqa: E402  (puts the repository on sys.path)
 
 from difflab.eval import (  # noqa: E402
     ClassifierFeaturizer,
@@ -39,8 +39,8 @@ from difflab.eval import (  # noqa: E402
     train_eval_classifier,
 )
 
-ARTIFACT = ROOT / "benchmarks" / "artifacts" / "eval_classifier_mnist"
-STATS_DIR = ROOT / "benchmarks" / "artifacts" / "eval_stats"
+ARTIFACT = ARTIFACTS / "eval_classifier_mnist"
+STATS_DIR = ARTIFACTS / "eval_stats"
 SECTION = "## Evaluation floor"
 
 

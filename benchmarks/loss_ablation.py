@@ -73,10 +73,10 @@ def evaluate(variant: str, args) -> dict:
         t0 = time.perf_counter()
         images, nfe = ours(run, "ddpm", args.steps, args.n, args.seed, args.batch)
         row.update(fd=fd_of(feat, ref, images), fd_n=args.n, nfe=nfe, sample_seconds=time.perf_counter() - t0)
-    test_images = load_dataset("mnist", root=args.data_root, split="test").to_float()[:args.nll_n]
-    for part, clip in (("nll", False), ("nll-clip", True)):
-        if part not in parts:
-            continue
+    nll_parts = [(part, clip) for part, clip in (("nll", False), ("nll-clip", True)) if part in parts]
+    if nll_parts:
+        test_images = load_dataset("mnist", root=args.data_root, split="test").to_float()[:args.nll_n]
+    for part, clip in nll_parts:
         t0 = time.perf_counter()
         nll = evaluate_nll(run.model, run.diffusion, test_images, batch_size=50, seed=args.seed, clip_denoised=clip)
         row[part] = dict(**nll.to_dict(), seconds=time.perf_counter() - t0, per_image_bpd=nll.per_image.tolist(),

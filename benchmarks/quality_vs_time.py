@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from _common import ARTIFACTS, RESULTS, ROOT, single_threaded_env, write_section  # noqa: E402
+from _common import ARTIFACTS, MNIST_DIR, RESULTS, child, write_section  # noqa: E402
 from sampler_quality import evaluator, fd_of  # noqa: E402
 
 HEADING = "## Quality vs training time (MNIST)"
@@ -141,9 +141,7 @@ def sample_diffusers(state_path: Path, n: int, seed: int, batch: int, steps: int
 
 # ----------------------------------------------------------------------------- training both recipes
 def launch(recipe: str, args, threads: int) -> subprocess.Popen:
-    env = single_threaded_env(threads)
     out = Path(args.out) / recipe
-    log = open(Path(args.out) / f"{recipe}.log", "w")
     if recipe == "difflab":
         cmd = [sys.executable, "-m", "difflab", "train", "--preset", args.preset, "--out", str(out), "--no-progress",
                "--set", f"data.root={args.data_root}", f"train.max_minutes={args.minutes}",
@@ -155,8 +153,7 @@ def launch(recipe: str, args, threads: int) -> subprocess.Popen:
         cmd = [sys.executable, __file__, "--_train-diffusers", str(out), "--data-root", args.data_root,
                "--minutes", str(args.minutes), "--every", str(args.every), "--seed", str(args.seed),
                "--threads", str(threads)]
-    print("$ " + " ".join(cmd), flush=True)
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return child(cmd, Path(args.out) / f"{recipe}.log", threads)
 
 
 def train_all(args) -> None:
@@ -267,14 +264,12 @@ def evaluate_all(args) -> list[dict]:
     """Both recipes' points, evaluated in two processes at once (one thread each) with --parallel."""
     recipes = ("difflab", "diffusers")
     if args.parallel:
-        env = single_threaded_env()
         common = ["--out", args.out, "--data-root", args.data_root, "--every", str(args.every), "--n", str(args.n),
                   *(["--difflab-steps", str(args.difflab_steps)] if args.difflab_steps else []),
                   *(["--difflab-guidance", args.difflab_guidance] if args.difflab_guidance else []),
                   "--final-n", str(args.final_n),
                   "--batch", str(args.batch), "--seed", str(args.seed), "--threads", "1"]
-        procs = [subprocess.Popen([sys.executable, __file__, "--_eval-recipe", r, *common], env=env, cwd=ROOT,
-                                  stdout=open(Path(args.out) / f"{r}.eval.log", "w"), stderr=subprocess.STDOUT)
+        procs = [child([sys.executable, __file__, "--_eval-recipe", r, *common], Path(args.out) / f"{r}.eval.log")
                  for r in recipes]
         for r, p in zip(recipes, procs):
             if p.wait() != 0:
@@ -363,7 +358,7 @@ def main(argv=None):
     ap.add_argument("--preset", default="mnist-fast", help="difflab's recipe (mnist-fast-uncond: without labels)")
     ap.add_argument("--every", type=float, default=5.0, help="evaluate every N minutes of training")
     ap.add_argument("--out", default="runs/quality-vs-time")
-    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--data-root", default=str(MNIST_DIR))
     ap.add_argument("--n", type=int, default=1000, help="samples per evaluation")
     ap.add_argument("--final-n", type=int, default=1000, help="samples for the last difflab point (3x-floor target)")
     ap.add_argument("--batch", type=int, default=500)

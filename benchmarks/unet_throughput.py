@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import ROOT, write_section  # noqa: E402  (puts the repository on sys.path)
+from _common import RESULTS, write_section  # noqa: E402  (puts the repository on sys.path)
 
 from difflab.nn import UNet, get_unet_preset  # noqa: E402
 from difflab.nn.io import convert_diffusers_unet2d, diffusers_unet2d_kwargs  # noqa: E402
@@ -319,7 +319,7 @@ def main() -> None:
     text = render(results, peak, args.threads, command)
     print(text)
     if not args.no_write:
-        path = ROOT / "benchmarks" / "RESULTS.md"
+        path = RESULTS
         write_section(path, SECTION, text)
         print(f"wrote {path}")
 

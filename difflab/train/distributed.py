@@ -56,11 +56,7 @@ def cleanup(created: bool) -> None:
 
 def any_true(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """Logical OR of ``flag`` over all processes."""
-    if not info.enabled:
-        return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return max_over_ranks([flag], info, device)[0] > 0
 
 
 def max_over_ranks(values: list[float], info: DistInfo, device: torch.device) -> list[float]:

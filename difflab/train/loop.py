@@ -510,8 +510,8 @@ def _sample_grid(model, diffusion, config: RunConfig, device, path: Path, condit
         return conditioning.sample_grid(model, diffusion, device, path)
 
     m = config.model
-    out = sample_images(with_default_guidance(model, config), diffusion, config.sample, shape=(m.in_channels, m.image_size, m.image_size),
-                        num_classes=m.num_classes, device=device)
+    out = sample_images(with_default_guidance(model, config), diffusion, config.sample,
+                        shape=(m.in_channels, m.image_size, m.image_size), num_classes=m.num_classes, device=device)
     nrow = m.num_classes if m.num_classes and config.sample.n % m.num_classes == 0 else None
     return save_grid(out.sample.float().cpu(), path, nrow=nrow)
 
