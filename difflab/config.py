@@ -108,6 +108,8 @@ class TrainConfig:
     # time of checkpoints and sample grids is not counted); 0 = no budget, train.steps still caps.
     max_minutes: float = 0.0
     checkpoint_every_minutes: float = 0.0   # also checkpoint every N minutes of training time (0 = off)
+    compile: bool = False              # run the network's training forward through torch.compile (inductor;
+    #                                    difflab.compile: a compile failure falls back to eager with a message)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",

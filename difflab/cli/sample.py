@@ -12,13 +12,16 @@ from .sample_conditioned import add_conditioning_arguments, check_conditioning_a
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    from ..samplers import SAMPLERS
+    from ..samplers import SAMPLERS, SIGMA_SCHEDULES
 
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run folder (its latest checkpoint) or a "
                                                                         "checkpoint folder")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the run's sample.sampler")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
     p.add_argument("--eta", type=float, help="stochasticity for samplers with an eta (DDIM: 0 = deterministic)")
+    p.add_argument("--sigma-schedule", choices=SIGMA_SCHEDULES,
+                   help="noise levels of dpm++2m, dpm++2m-sde and heun: the chain's timesteps (default) or karras "
+                        "(EDM's rho=7 grid up to sigma 80)")
     p.add_argument("--seed", type=int, help="sample i uses seed * 2**20 + i (default: the run's sample.seed)")
     p.add_argument("-n", type=int, help="number of images (default: the run's sample.n)")
     p.add_argument("--batch-size", type=int, help="images per forward pass")
@@ -34,6 +37,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-clip", action="store_true", help="do not clamp predicted x_0 to [-1, 1]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile (inductor): the first batch pays the compile time "
+                        "(reported; inductor caches it on disk for later runs); eager with a message if compiling "
+                        "fails, changes the output or is not faster")
     _add_guidance_arguments(p)
     add_conditioning_arguments(p)
 
@@ -117,6 +124,31 @@ def _sample_labels(args, guided, model_num_classes: int | None, n: int):
     return labels, seeds, n
 
 
+def _solver_options(args, sc) -> dict:
+    """Sampler options from flags that only some samplers take (--sigma-schedule)."""
+    import inspect
+
+    from ..samplers import get_sampler
+
+    if args.sigma_schedule is None:
+        return {}
+    if "sigma_schedule" not in inspect.signature(get_sampler(sc.sampler)).parameters:
+        raise UsageError(f"--sigma-schedule: the {sc.sampler} sampler has no noise-level grid to choose "
+                         "(use dpm++2m, dpm++2m-sde or heun)")
+    return {"sigma_schedule": args.sigma_schedule}
+
+
+def _compiled_run(args, run):
+    """``run`` with its network behind torch.compile when --compile is given (messages go to the user)."""
+    import dataclasses
+
+    if not args.compile:
+        return run
+    from ..compile import compile_model
+
+    return dataclasses.replace(run, model=compile_model(run.model, log=lambda msg: _say(f"--compile: {msg}")))
+
+
 MAX_GIF_FRAMES = 100
 
 
@@ -158,11 +190,14 @@ def run_sample(args) -> int:
         raise UsageError(str(e)) from None
     m = cfg.model
     check_conditioning_arguments(args, run)
+    solver_options = _solver_options(args, sc)
+    run = _compiled_run(args, run)
     guided = _guided_from_args(args, run, sc, device)
     run_dir = run.checkpoint.parent.parent if run.checkpoint.parent.name == "checkpoints" else run.checkpoint
-    out = Path(args.out) if args.out else run_dir / "samples" / f"{sc.sampler}-{sc.steps}steps-seed{sc.seed}.png"
+    grid = f"-{args.sigma_schedule}" if args.sigma_schedule else ""
+    out = Path(args.out) if args.out else run_dir / "samples" / f"{sc.sampler}{grid}-{sc.steps}steps-seed{sc.seed}.png"
     if run.conditioning is not None:   # latent, text or super-resolution run
-        return run_conditioned_sample(args, run, sc, guided, device, out)
+        return run_conditioned_sample(args, run, sc, guided, device, out, solver_options)
     per_row = 8 if args.grid_by_class and args.n is None else sc.n   # --grid-by-class: -n is the columns
     labels, seed_indices, columns = _sample_labels(args, guided, m.num_classes, per_row)
     n_total = len(labels) if labels is not None else sc.n
@@ -173,6 +208,7 @@ def run_sample(args) -> int:
     t0 = time.perf_counter()
     model, diffusion, options = ((guided.model, guided.diffusion, guided.sampler_options) if guided is not None
                                  else (run.model, run.diffusion, {}))
+    options = {**options, **solver_options}
     res = sample_images(model, diffusion, sc, shape=(m.in_channels, m.image_size, m.image_size), n=n_total,
                         labels=labels, seed_indices=seed_indices, device=device,
                         return_trajectory=bool(args.gif), progress=not args.no_progress, sampler_options=options)

@@ -52,8 +52,9 @@ def _test_images(run, n: int):
     return ds.get_batch(range(n))[0]
 
 
-def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
-    """Sample a run with a RunConditioning: decode latents, feed prompts or low-resolution inputs."""
+def run_conditioned_sample(args, run, sc, guided, device, out: Path, solver_options: dict | None = None) -> int:
+    """Sample a run with a RunConditioning: decode latents, feed prompts or low-resolution inputs;
+    ``solver_options`` go to the sampler (e.g. the --sigma-schedule)."""
     from ..data.transforms import low_res_condition
     from ..train.autoencoder import psnr
     from ..viz import save_grid
@@ -86,6 +87,7 @@ def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
     n_total = len(prompts) if prompts is not None else len(cond_images) if cond_images is not None else None
     model, diffusion, sampler_options = ((guided.model, guided.diffusion, guided.sampler_options) if guided is not None
                                          else (run.model, run.diffusion, {}))
+    sampler_options = {**sampler_options, **(solver_options or {})}
     _say(f"sampling {n_total or sc.n} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
          f"({run.weights} weights, step {run.step}) on {device}"
          + (" in latent space" if cond.latent is not None else "")

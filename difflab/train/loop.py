@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..compile import compile_model
 from ..config import ConfigError, RunConfig, save_config
 from ..data import check_batch_size
 from ..data.transforms import random_hflip, uint8_to_float
@@ -371,6 +372,8 @@ def _train(config: RunConfig, run_dir: Path, device: torch.device, info: D.DistI
     train_model = model
     if info.enabled:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:   # the same parameters behind torch.compile; checkpoints and EMA still read `model`
+        train_model = compile_model(train_model, log=log)
 
     nparams = sum(p.numel() for p in model.parameters())
     log(f"training {nparams / 1e6:.2f}M parameters on {device}"
