@@ -12,9 +12,13 @@ call, with that call's real inputs (any shapes, any conditioning kwargs). That c
 - outside autograd, the next ``probe_calls`` calls time the compiled and the eager module on the
   same inputs (alternating); if the compiled one is not faster, the model runs eager, with a message.
 
-Calls under autograd (training) get the failure fallback only: there the first output feeds a
-backward pass whose graph is compiled lazily, and dropout draws differ between the two paths, so
-neither an output check nor a forward-only timing would be fair; the training benchmark
+Calls under autograd (training) get the failure fallback only. The backward graph compiles lazily,
+on the first backward pass, so the first call also runs one trial backward (``torch.autograd.grad``
+of the outputs' sum with respect to the module's parameters, the graph retained, nothing
+accumulated) to surface a backward compile failure there rather than in the training loop (not
+under DistributedDataParallel, whose gradient hooks allow one backward per forward). Dropout draws
+differ between the two paths and a forward-only timing would leave the backward out, so there is
+no output check or speed probe under autograd; the training benchmark
 (benchmarks/compile_throughput.py) measures whole steps instead.
 
 Caching between runs is TorchInductor's own on-disk cache (compiled graphs keyed by graph,
@@ -103,6 +107,19 @@ def _timed(fn: Callable, args, kwargs):
     return out, time.perf_counter() - t0
 
 
+def _trial_backward(module, out) -> None:
+    """Run the backward of ``out`` once (compiling it) without touching any ``.grad``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(module, DistributedDataParallel) or not isinstance(module, torch.nn.Module):
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    outs = [t for t in _tensors(out) if t.requires_grad]
+    if params and outs:
+        total = sum(t.float().sum() for t in outs)
+        torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
@@ -171,7 +188,12 @@ class CompiledModel:
     def _first_call(self, args, kwargs):
         before = _cache_counts()
         try:
-            out, seconds = _timed(self.compiled, args, kwargs)
+            t0 = time.perf_counter()
+            out = self.compiled(*args, **kwargs)
+            if torch.is_grad_enabled():
+                _trial_backward(self.module, out)
+            _sync(out)
+            seconds = time.perf_counter() - t0
         except Exception as e:   # dynamo, inductor, the C++ toolchain: any failure means eager
             self._fall_back(f"torch.compile ({self.backend}) failed ({_first_line(e)})")
             return self.module(*args, **kwargs)
@@ -182,8 +204,8 @@ class CompiledModel:
             r.cache_hits, r.cache_misses = after[0] - before[0], after[1] - before[1]
         if not self.check or torch.is_grad_enabled():
             r.status = "compiled"
-            backward = " (the forward; the backward compiles on its first call)" if torch.is_grad_enabled() else ""
-            self._say(f"compiled with torch.compile ({self.backend}) in {seconds:.1f} s{backward}{self._cache_note()}")
+            what = " (forward and backward)" if torch.is_grad_enabled() else ""
+            self._say(f"compiled with torch.compile ({self.backend}) in {seconds:.1f} s{what}{self._cache_note()}")
             return out
         ref, eager_s = _timed(self.module, args, kwargs)
         r.eager_seconds.append(eager_s)

@@ -156,3 +156,26 @@ def test_options_are_validated_and_the_cache_folder_is_named(monkeypatch):
     assert inductor_cache_dir() == "/some/cache"
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     assert "torchinductor" in inductor_cache_dir()
+
+
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("backward graph failed to compile")
+
+
+def test_a_backward_compile_failure_is_caught_on_the_first_training_call():
+    """The trial backward of the first call under autograd surfaces a failure of the (lazily compiled)
+    backward graph there, so training falls back to eager instead of crashing in loss.backward()."""
+    net = TinyNet()
+    logs = []
+    cm, _ = _with_compiled(lambda x, t: _FailingBackward.apply(net(x, t)), net=net, log=logs.append)
+    x, t = _inputs()
+    out = cm(x, t)
+    out.square().mean().backward()        # the eager graph: no failure
+    assert cm.report.status == "eager" and "backward graph failed to compile" in logs[-1]
+    assert all(p.grad is not None for p in net.parameters())
