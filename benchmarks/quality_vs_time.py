@@ -324,7 +324,8 @@ def report(rows: list[dict], args, argv: list[str]) -> str:
                if ("difflab", m) in by and ("diffusers", m) in by)
     last = final or (ours_rows[-1] if ours_rows else None)
     lines += ["", f"Samplers: difflab {ours_rows[0]['sampler'] if ours_rows else '-'} ({ours_rows[0]['nfe'] if ours_rows else '-'} NFE, EMA weights); "
-                  f"diffusers {peer_rows[0]['sampler'] if peer_rows else '-'} (50 NFE).", "",
+                  f"diffusers {peer_rows[0]['sampler'] if peer_rows else '-'} (50 NFE). NFE: network evaluations "
+                  "per sample; a classifier-free guided step counts two.", "",
               f"Targets: difflab at most half of the diffusers recipe's distance at every point: "
               f"{'met' if half else 'NOT met'}; at most 3x the floor by {args.minutes:g} minutes "
               f"({last.get('n', args.n) if last else '-'} samples): "
