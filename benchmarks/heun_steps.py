@@ -41,6 +41,7 @@ def rows(quick: bool):
     heun_steps = (6, 11, 16, 21) if quick else (4, 6, 8, 11, 16, 21, 31)
     out = [("Heun, timesteps grid (trailing, from sigma 80)", "heun", s, {}) for s in heun_steps]
     out += [("Heun, timesteps grid, no clipping", "heun", s, {"clip": False}) for s in (6, 11)]
+    out += [("Heun, timesteps grid from sigma 20", "heun", s, {"sigma_max": 20.0}) for s in (6, 11, 21)]
     out += [("Heun, Karras grid (rho 7, sigma 80 .. sigma_min)", "heun", s, {"sigma_schedule": "karras"})
             for s in (6, 11, 21)]
     out += [("DPM-Solver++(2M)", "dpm++2m", s, {}) for s in (10, 20)]
