@@ -19,7 +19,6 @@ GroupNorm, SiLU, zero-initialised ``conv_out``.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import SelfAttention2d, SpatialTransformer, resolve_heads, zero_module
+from .dropout import Dropout
 from .embeddings import ClassEmbedding, TimestepEmbedding
 
 # ----------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ class ConfigMixin:
         return dataclasses.replace(self, **changes)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class UNetConfig(ConfigMixin):
     """Architecture of a ``UNet``; validated on construction (``ValueError`` says what is wrong).
 
@@ -136,9 +136,25 @@ class UNetConfig(ConfigMixin):
     norm_groups: int = 32
     learn_sigma: bool = False
     use_checkpoint: bool = False
+    # Defaults: guided-diffusion's (difflab's since the start); diffusers' google/ddpm-* checkpoints use
+    # False, 1, 0 and 1e-6 (difflab.interop.diffusers reads them from a UNet2DModel config)
+    flip_sin_to_cos: bool = True             # timestep features [cos, sin] (False: [sin, cos])
+    freq_shift: float = 0.0                  # frequencies max_period ** (-i / (model_channels // 2 - freq_shift))
+    downsample_padding: int = 1              # 1: stride-2 conv padded 1 all round; 0: padded 1 right and bottom
+    norm_eps: float = 1e-5                   # epsilon of every GroupNorm
 
     def __post_init__(self):
         validate_encoder_fields(self)
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)   # noqa: E731
+        for ok, field, allowed in (
+                (isinstance(self.flip_sin_to_cos, bool), "flip_sin_to_cos", "true or false"),
+                (number(self.freq_shift) and 0 <= self.freq_shift < self.model_channels // 2, "freq_shift",
+                 f"a number in [0, model_channels // 2 = {self.model_channels // 2})"),
+                (self.downsample_padding in (0, 1) and not isinstance(self.downsample_padding, bool),
+                 "downsample_padding", "0 or 1"),
+                (number(self.norm_eps) and 0 < self.norm_eps < 1, "norm_eps", "a number in (0, 1)")):
+            if not ok:
+                raise ValueError(f"{field} must be {allowed}, got {getattr(self, field)!r}")
         if self.out_channels is not None:
             _check_int("out_channels", self.out_channels, 1)
         if self.num_classes is not None:
@@ -168,67 +184,20 @@ class UNetConfig(ConfigMixin):
 # Blocks
 
 
-class Dropout(nn.Module):
-    """Element-wise dropout (Srivastava et al. 2014), cheaper on CPU than ``nn.Dropout``.
-
-    ``torch.bernoulli_`` draws one 32-bit number per element and was ~8% of a training
-    step's time; here each element gets 16 uniform bits (four per 64-bit draw from torch's
-    global generator), kept when the bits say so. The drop probability is realised as
-    ``p_eff = round(p * 2**16) / 2**16`` (within 8e-6 of ``p``) and kept values are scaled
-    by ``1 / (1 - p_eff)``, so ``E[out] = x`` exactly. Identity in eval mode or when p = 0.
-    """
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = p
-        self.drop_levels = int(round(p * 65536))     # of 65536 equally likely 16-bit values
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.drop_levels == 0:
-            return x
-        return _DropoutFn.apply(x, self.drop_levels)
-
-
-def _physical_shape(x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """Shape of ``x`` as laid out in memory, and the permutation back to its logical shape."""
-    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return (x.shape[0], x.shape[2], x.shape[3], x.shape[1]), (0, 3, 1, 2)
-    return tuple(x.shape), None
-
-
-class _DropoutFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, drop_levels: int) -> torch.Tensor:
-        n = x.numel()
-        bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
-        bits = bits.view(torch.int16)[:n]                 # uniform on [-32768, 32767]
-        shape, perm = _physical_shape(x)
-        keep = (bits >= drop_levels - 32768).view(shape)  # P(keep) = 1 - drop_levels / 65536
-        if perm is not None:
-            keep = keep.permute(perm)
-        ctx.scale = 65536.0 / (65536 - drop_levels)
-        ctx.save_for_backward(keep)                       # 1 byte per element, like native dropout
-        return keep.to(x.dtype).mul_(ctx.scale).mul_(x)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return keep.to(grad_out.dtype).mul_(ctx.scale).mul_(grad_out), None
-
-
 class Downsample(nn.Module):
-    """Stride-2 3x3 convolution."""
+    """Stride-2 3x3 convolution; ``padding=0`` pads one zero row and column at the bottom and
+    right instead of one all round (the original DDPM code's and diffusers' ``downsample_padding=0``)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, padding: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        if padding not in (0, 1):
+            raise ValueError(f"downsample padding must be 0 or 1, got {padding!r}")
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 
@@ -253,16 +222,17 @@ class ResBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, emb_dim: int, out_channels: int, dropout: float = 0.0,
-                 use_scale_shift_norm: bool = False, norm_groups: int = 32, updown: str | None = None):
+                 use_scale_shift_norm: bool = False, norm_groups: int = 32, updown: str | None = None,
+                 norm_eps: float = 1e-5):
         super().__init__()
         if updown not in (None, "up", "down"):
             raise ValueError(f"updown must be None, 'up' or 'down', got {updown!r}")
         self.updown = updown
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.norm1 = nn.GroupNorm(norm_groups, in_channels)
+        self.norm1 = nn.GroupNorm(norm_groups, in_channels, eps=norm_eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if use_scale_shift_norm else out_channels)
-        self.norm2 = nn.GroupNorm(norm_groups, out_channels)
+        self.norm2 = nn.GroupNorm(norm_groups, out_channels, eps=norm_eps)
         self.dropout = Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
@@ -310,19 +280,24 @@ def run_block(block: Block, use_checkpoint: bool, *args):
 
 
 def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None = None,
-                  cross_resolutions: tuple[int, ...] = (), transformer_depth: int = 1):
+                  cross_resolutions: tuple[int, ...] = (), transformer_depth: int = 1, *,
+                  norm_eps: float = 1e-5, downsample_padding: int = 1):
     """The U-Net's down path: ``conv_in`` then per level res (+attn) blocks and a downsample.
 
     Returns ``(blocks, skip_channels, out_channels)``; ``skip_channels[i]`` is the width of
     the output of ``blocks[i]``.
     """
+    def res_block(ch_in, ch_out, updown=None):
+        return ResBlock(ch_in, emb_dim, ch_out, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups, updown,
+                        norm_eps)
+
     def attn_layers(ch, res):
         layers = []
         if res in cfg.attention_resolutions:
-            layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups))
+            layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, norm_eps))
         if context_dim is not None and res in cross_resolutions:
             layers.append(SpatialTransformer(ch, context_dim, cfg.num_heads, cfg.num_head_channels,
-                                             transformer_depth, cfg.norm_groups))
+                                             transformer_depth, cfg.norm_groups, norm_eps))
         return layers
 
     ch = cfg.model_channels
@@ -332,14 +307,13 @@ def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None =
     for level, mult in enumerate(cfg.channel_mult):
         for _ in range(cfg.num_res_blocks):
             out = cfg.model_channels * mult
-            layers = [ResBlock(ch, emb_dim, out, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups)]
+            layers = [res_block(ch, out)]
             ch = out
             layers += attn_layers(ch, res)
             blocks.append(Block(layers))
             skip_channels.append(ch)
         if level != len(cfg.channel_mult) - 1:
-            down = (ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups, "down")
-                    if cfg.resblock_updown else Downsample(ch))
+            down = res_block(ch, ch, "down") if cfg.resblock_updown else Downsample(ch, downsample_padding)
             blocks.append(Block([down]))
             skip_channels.append(ch)
             res //= 2
@@ -347,14 +321,17 @@ def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None =
 
 
 def build_middle(cfg, ch: int, emb_dim: int, mid_attention: bool, context_dim: int | None = None,
-                 transformer_depth: int = 1) -> Block:
-    layers = [ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups)]
+                 transformer_depth: int = 1, *, norm_eps: float = 1e-5) -> Block:
+    def res_block():
+        return ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups, norm_eps=norm_eps)
+
+    layers = [res_block()]
     if mid_attention:
-        layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups))
+        layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, norm_eps))
     if context_dim is not None:
         layers.append(SpatialTransformer(ch, context_dim, cfg.num_heads, cfg.num_head_channels,
-                                         transformer_depth, cfg.norm_groups))
-    layers.append(ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups))
+                                         transformer_depth, cfg.norm_groups, norm_eps))
+    layers.append(res_block())
     return Block(layers)
 
 
@@ -379,13 +356,17 @@ class UNet(nn.Module):
             raise ValueError(f"UNet expects a UNetConfig, got {type(config).__name__}")
         self.config = cfg = config
         emb_dim = 4 * cfg.model_channels
-        self.time_embed = TimestepEmbedding(cfg.model_channels, emb_dim)
+        eps = cfg.norm_eps
+        self.time_embed = TimestepEmbedding(cfg.model_channels, emb_dim, flip_sin_to_cos=cfg.flip_sin_to_cos,
+                                            freq_shift=cfg.freq_shift)
         self.class_embed = ClassEmbedding(cfg.num_classes, emb_dim) if cfg.num_classes is not None else None
 
         self.input_blocks, skip_channels, ch = build_encoder(
             cfg, cfg.in_channels + cfg.cond_channels, emb_dim, cfg.context_dim,
-            cfg.cross_attention_resolutions, cfg.transformer_depth)
-        self.middle_block = build_middle(cfg, ch, emb_dim, cfg.mid_attention, cfg.context_dim, cfg.transformer_depth)
+            cfg.cross_attention_resolutions, cfg.transformer_depth, norm_eps=eps,
+            downsample_padding=cfg.downsample_padding)
+        self.middle_block = build_middle(cfg, ch, emb_dim, cfg.mid_attention, cfg.context_dim, cfg.transformer_depth,
+                                         norm_eps=eps)
 
         self.output_blocks = nn.ModuleList()
         levels = len(cfg.channel_mult)
@@ -394,20 +375,20 @@ class UNet(nn.Module):
             for i in range(cfg.num_res_blocks + 1):
                 out = cfg.model_channels * mult
                 layers = [ResBlock(ch + skip_channels.pop(), emb_dim, out, cfg.dropout,
-                                   cfg.use_scale_shift_norm, cfg.norm_groups)]
+                                   cfg.use_scale_shift_norm, cfg.norm_groups, norm_eps=eps)]
                 ch = out
                 if res in cfg.attention_resolutions:
-                    layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups))
+                    layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, eps))
                 if cfg.context_dim is not None and res in cfg.cross_attention_resolutions:
                     layers.append(SpatialTransformer(ch, cfg.context_dim, cfg.num_heads, cfg.num_head_channels,
-                                                     cfg.transformer_depth, cfg.norm_groups))
+                                                     cfg.transformer_depth, cfg.norm_groups, eps))
                 if level and i == cfg.num_res_blocks:
                     layers.append(ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm,
-                                           cfg.norm_groups, "up") if cfg.resblock_updown else Upsample(ch))
+                                           cfg.norm_groups, "up", eps) if cfg.resblock_updown else Upsample(ch))
                     res *= 2
                 self.output_blocks.append(Block(layers))
         assert not skip_channels
-        self.out_norm = nn.GroupNorm(cfg.norm_groups, ch)
+        self.out_norm = nn.GroupNorm(cfg.norm_groups, ch, eps=eps)
         self.out_conv = zero_module(nn.Conv2d(ch, cfg.resolved_out_channels, 3, padding=1))
 
     @property
