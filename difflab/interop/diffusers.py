@@ -153,8 +153,8 @@ def model_card(out: Path, loaded, unet: dict, sched: dict, parameters: int, note
     """A README.md for an exported pipeline: where it came from and how to sample it like difflab."""
     m = loaded.config.model
     schedule = sched.get("beta_schedule", "trained_betas")
-    lines = [f"# {out.name}", "", f"A diffusion model trained with difflab (step {loaded.step}, {loaded.weights} weights), "
-             "exported as a diffusers `DDPMPipeline`.", "",
+    lines = [f"# {out.name}", "", f"A diffusion model trained with difflab (step {loaded.step}, {loaded.weights} "
+             "weights), exported as a diffusers `DDPMPipeline`.", "",
              f"- network: `UNet2DModel`, {parameters:,} parameters, {m.in_channels} x {m.image_size} x {m.image_size}",
              f"- schedule: {schedule}, {sched['num_train_timesteps']} training steps; prediction "
              f"`{sched['prediction_type']}`; predicted x_0 clipped to [-1, 1]: {sched['clip_sample']}"]

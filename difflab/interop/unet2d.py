@@ -110,6 +110,19 @@ def unet2d_config(cfg: UNetConfig, *, out_channels: int | None = None) -> dict[s
     )
 
 
+# UNet2DModel's fields and their defaults (as of diffusers 0.42); a config.json may omit some.
+_UNET2D_FIELDS: dict[str, Any] = dict(
+    sample_size=None, in_channels=3, out_channels=3, center_input_sample=False, time_embedding_type="positional",
+    time_embedding_dim=None, freq_shift=0, flip_sin_to_cos=True,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    mid_block_type="UNetMidBlock2D", up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(224, 448, 672, 896), layers_per_block=2, mid_block_scale_factor=1, downsample_padding=1,
+    downsample_type="conv", upsample_type="conv", dropout=0.0, act_fn="silu", attention_head_dim=8,
+    norm_num_groups=32, attn_norm_num_groups=None, norm_eps=1e-5, resnet_time_scale_shift="default",
+    add_attention=True, class_embed_type=None, num_class_embeds=None, num_train_timesteps=None,
+)
+
+
 def _refuse(field: str, value: Any, why: str) -> InteropError:
     return InteropError(f"UNet2DModel {field}={value!r}: {why}")
 
@@ -219,27 +232,20 @@ def unet_config_from_unet2d(config: dict[str, Any], *, image_size: int | None = 
             attention_resolutions=tuple(r for r, a in zip(res, attn_down) if a), mid_attention=bool(c["add_attention"]),
             num_heads=1, num_head_channels=-1 if head_dim is None else int(head_dim), dropout=float(c["dropout"]),
             num_classes=None if num_class_embeds is None else num_class_embeds - 1,
-            resblock_updown=levels > 1 and resnet_down, use_scale_shift_norm=c["resnet_time_scale_shift"] == "scale_shift",
-            norm_groups=c["norm_num_groups"], flip_sin_to_cos=bool(c["flip_sin_to_cos"]),
-            freq_shift=float(c["freq_shift"]), downsample_padding=c["downsample_padding"], norm_eps=float(c["norm_eps"]))
+            resblock_updown=levels > 1 and resnet_down,
+            use_scale_shift_norm=c["resnet_time_scale_shift"] == "scale_shift", norm_groups=c["norm_num_groups"],
+            flip_sin_to_cos=bool(c["flip_sin_to_cos"]), freq_shift=float(c["freq_shift"]),
+            downsample_padding=c["downsample_padding"], norm_eps=float(c["norm_eps"]))
     except (ValueError, TypeError) as e:
         raise InteropError(f"UNet2DModel config cannot be a difflab U-Net: {e}") from None
 
 
-# UNet2DModel's fields and their defaults (diffusers 0.27 - 0.3x); a config.json may omit defaults.
-_UNET2D_FIELDS: dict[str, Any] = dict(
-    sample_size=None, in_channels=3, out_channels=3, center_input_sample=False, time_embedding_type="positional",
-    time_embedding_dim=None, freq_shift=0, flip_sin_to_cos=True,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-    mid_block_type="UNetMidBlock2D", up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(224, 448, 672, 896), layers_per_block=2, mid_block_scale_factor=1, downsample_padding=1,
-    downsample_type="conv", upsample_type="conv", dropout=0.0, act_fn="silu", attention_head_dim=8,
-    norm_num_groups=32, attn_norm_num_groups=None, norm_eps=1e-5, resnet_time_scale_shift="default",
-    add_attention=True, class_embed_type=None, num_class_embeds=None, num_train_timesteps=None,
-)
-
-
 # ----------------------------------------------------------------------------- state dicts
+def _resampler(ours: str, theirs: str, resblock: bool) -> tuple[str, str, str]:
+    """A down/upsampler: a ResBlock (``resblock_updown``) or a convolution called ``conv`` on both sides."""
+    return (ours, theirs, "resnet") if resblock else (f"{ours}.conv", f"{theirs}.conv", "plain")
+
+
 def _module_pairs(cfg: UNetConfig) -> list[tuple[str, str, str]]:
     """``(difflab prefix, diffusers prefix, kind)`` for every module with weights; kind is
     "plain" (same parameter names), "resnet" or "attention"."""
@@ -250,7 +256,6 @@ def _module_pairs(cfg: UNetConfig) -> list[tuple[str, str, str]]:
              ("input_blocks.0.0", "conv_in", "plain")]
     if cfg.num_classes is not None:
         pairs.append(("class_embed.embedding", "class_embedding", "plain"))
-    resampler = "resnet" if cfg.resblock_updown else "plain"
     for level in range(levels):
         for i in range(n):
             ours = f"input_blocks.{1 + level * (n + 1) + i}"
@@ -258,9 +263,8 @@ def _module_pairs(cfg: UNetConfig) -> list[tuple[str, str, str]]:
             if res[level] in cfg.attention_resolutions:
                 pairs.append((f"{ours}.1", f"down_blocks.{level}.attentions.{i}", "attention"))
         if level != levels - 1:
-            ours = f"input_blocks.{1 + level * (n + 1) + n}.0"
-            theirs = f"down_blocks.{level}.downsamplers.0"
-            pairs.append((ours, theirs, "resnet") if cfg.resblock_updown else (f"{ours}.conv", f"{theirs}.conv", "plain"))
+            pairs.append(_resampler(f"input_blocks.{1 + level * (n + 1) + n}.0", f"down_blocks.{level}.downsamplers.0",
+                                    cfg.resblock_updown))
     pairs.append(("middle_block.0", "mid_block.resnets.0", "resnet"))
     if cfg.mid_attention:
         pairs.append(("middle_block.1", "mid_block.attentions.0", "attention"))
@@ -273,9 +277,8 @@ def _module_pairs(cfg: UNetConfig) -> list[tuple[str, str, str]]:
             if has_attn:
                 pairs.append((f"{ours}.1", f"up_blocks.{j}.attentions.{i}", "attention"))
         if j != levels - 1:
-            ours = f"output_blocks.{j * (n + 1) + n}.{2 if has_attn else 1}"
-            theirs = f"up_blocks.{j}.upsamplers.0"
-            pairs.append((ours, theirs, resampler) if cfg.resblock_updown else (f"{ours}.conv", f"{theirs}.conv", "plain"))
+            pairs.append(_resampler(f"output_blocks.{j * (n + 1) + n}.{2 if has_attn else 1}",
+                                    f"up_blocks.{j}.upsamplers.0", cfg.resblock_updown))
     pairs += [("out_norm", "conv_norm_out", "plain"), ("out_conv", "conv_out", "plain")]
     return pairs
 

@@ -74,7 +74,8 @@ def make_diffusers_folder(root: Path, name: str, *, unet=None, scheduler=None, s
     if weights == "bin":
         torch.save(state, folder / "unet" / "diffusion_pytorch_model.bin")
     else:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+        save_file({k: v.contiguous() for k, v in state.items()},
+                  str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
     return folder, model
 
 

@@ -1,6 +1,7 @@
 """diffusers UNet2DModel + scheduler folders -> difflab runs: same function, or a refusal naming the field."""
 
 import itertools
+import json
 import shutil
 import sys
 
@@ -189,3 +190,22 @@ def test_import_without_diffusers_installed_says_it_was_not_cross_checked(tmp_pa
     assert res.max_difference is None
     assert any("not cross-checked" in n and "difflab[diffusers]" in n for n in res.notes)
     assert load_run(tmp_path / "run").step == 0
+
+
+def test_an_early_minimal_config_reads_as_diffusers_reads_it(tmp_path):
+    # the keys of a config written by diffusers 0.0.x (google/ddpm-* era); the missing ones take diffusers'
+    # defaults (attention_head_dim=8: four heads at width 32), as diffusers itself reads the folder
+    folder, _ = make_diffusers_folder(tmp_path, "hf", legacy=True, weights="bin", unet=dict(
+        attention_head_dim=None, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, norm_eps=1e-6))
+    early = ("_class_name", "_diffusers_version", "act_fn", "block_out_channels", "center_input_sample",
+             "down_block_types", "downsample_padding", "flip_sin_to_cos", "freq_shift", "in_channels",
+             "layers_per_block", "mid_block_scale_factor", "norm_eps", "norm_num_groups", "out_channels", "sample_size",
+             "time_embedding_type", "up_block_types")
+    path = folder / "unet" / "config.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k in early}))
+    from diffusers import UNet2DModel
+
+    reference = UNet2DModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False).eval()
+    import_diffusers(folder, tmp_path / "run", dataset="cifar10")
+    assert load_run(tmp_path / "run").config.model.num_head_channels == 8
+    _assert_same_function(tmp_path / "run", reference)
