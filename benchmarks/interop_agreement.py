@@ -75,7 +75,10 @@ def export_rows(checkpoint: str, n: int, step_counts: list[int], work: Path) -> 
     rows.append(f"| round trip (export, import): weights identical = {same}; DDIM samples, max diff | "
                 f"{(a.sample - b.sample).abs().max().item():.2e} |")
     rows.append(f"| export probe check (difflab U-Net vs UNet2DModel, one batch) | {res.max_difference:.2e} |")
-    return rows, f"{run.checkpoint} (step {run.step}, {m.in_channels}x{m.image_size}x{m.image_size})"
+    d = run.config.diffusion
+    kind = f"{m.num_classes} classes" if m.num_classes is not None else "unconditional"
+    return rows, (f"{run.checkpoint} (step {run.step}, {m.in_channels}x{m.image_size}x{m.image_size}, {kind}, "
+                  f"{d.prediction} prediction, {d.schedule} schedule, T = {d.num_timesteps})")
 
 
 def import_rows() -> list[str]:
@@ -116,7 +119,9 @@ def main() -> None:
 
     text = "\n".join([SECTION, "", f"`python benchmarks/interop_agreement.py --checkpoint {args.checkpoint} -n {args.n} "
                       f"--steps {' '.join(map(str, args.steps))}` (torch {torch.__version__}, diffusers "
-                      f"{diffusers.__version__}, CPU float32). Exported run: {source}.", "",
+                      f"{diffusers.__version__}, CPU float32). Exported run: {source}. Sample differences are on "
+                      "the [-1, 1] scale before clamping; the DDIM rows use `--spacing leading` for difflab (see "
+                      "difflab/interop/scheduler.py).", "",
                       "| what | max abs difference |", "|---|---|", *rows, ""])
     print(text)
     write_section(RESULTS, SECTION, text)

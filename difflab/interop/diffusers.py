@@ -142,14 +142,14 @@ def export_diffusers(run: str | os.PathLike, out: str | os.PathLike, *, use_ema:
     try:
         pipeline.save_pretrained(tmp, safe_serialization=True)
         parameters = sum(p.numel() for p in unet.parameters())
-        (tmp / "README.md").write_text(model_card(out, loaded, kwargs, sched, parameters, notes), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(out, loaded, sched, parameters, notes), encoding="utf-8")
         _replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, kwargs, sched, notes, diff, parameters)
 
 
-def model_card(out: Path, loaded, unet: dict, sched: dict, parameters: int, notes: list[str]) -> str:
+def model_card(out: Path, loaded, sched: dict, parameters: int, notes: list[str]) -> str:
     """A README.md for an exported pipeline: where it came from and how to sample it like difflab."""
     m = loaded.config.model
     schedule = sched.get("beta_schedule", "trained_betas")
