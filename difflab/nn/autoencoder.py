@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import rng
 from .attention import SelfAttention2d
-from .unet import ConfigMixin, check_int
+from .base import ConfigMixin, check_int
 
 RECON_LOSSES = ("l1", "l2")
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0      # clamp of log sigma^2, as in latent-diffusion

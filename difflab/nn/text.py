@@ -29,7 +29,7 @@ from torch import nn
 
 from .attention import FeedForward, MultiHeadAttention
 from .embeddings import ClassEmbedding
-from .unet import ConfigMixin, check_int
+from .base import ConfigMixin, check_int
 
 PAD, UNK = "<pad>", "<unk>"
 SPECIAL_TOKENS = (PAD, UNK)          # ids 0 and 1 in every vocabulary
