@@ -45,12 +45,13 @@ def fsync_path(path: str | os.PathLike) -> None:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object], *, mode: int = 0o644,
-                 sync: bool = True) -> Path:
+                 sync: bool = True, suffix: str = ".tmp") -> Path:
     """Create or replace ``path`` atomically: ``write(tmp)`` writes a temporary file next to it, which
     is (with ``sync``) flushed to disk and renamed over ``path``. On any error the temporary file is
-    removed and ``path`` is untouched. Returns ``path``."""
+    removed and ``path`` is untouched. ``suffix``: the temporary file's (a writer that appends its own
+    extension, like ``numpy.savez``, needs it). Returns ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         write(tmp)
