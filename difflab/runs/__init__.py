@@ -3,15 +3,14 @@ lock, and loading a trained diffusion run, classifier or autoencoder. Used by tr
 command line, evaluation and the benchmarks alike."""
 
 from .autoencoder import DISC_NAME, autoencoder_checkpoint, load_autoencoder, load_autoencoder_config
-from .checkpoint import (CHECKPOINT_FILES, CHECKPOINTS_DIR, CONFIG_NAME, EMA_NAME, LATEST_NAME, MODEL_NAME,
-                         STATE_NAME, CheckpointError, CheckpointWriteError, checkpoint_error, checkpoint_name,
-                         checkpoint_step, cpu_state, list_checkpoints, load_state_into, load_training_state,
-                         load_weights, prune_checkpoints, read_latest, resolve_checkpoint, save_checkpoint_files,
-                         weights_writer)
+from .checkpoint import (AE_CONFIG_NAME, CHECKPOINT_FILES, CHECKPOINTS_DIR, CLASSIFIER_CONFIG_NAME, CONFIG_NAME,
+                         EMA_NAME, LATEST_NAME, MODEL_NAME, STATE_NAME, CheckpointError, CheckpointWriteError,
+                         checkpoint_error, checkpoint_name, checkpoint_of_kind, checkpoint_step, cpu_state,
+                         list_checkpoints, load_state_into, load_training_state, load_weights, prune_checkpoints,
+                         read_latest, resolve_checkpoint, save_checkpoint_files, weights_writer)
 from .classifier import (LoadedClassifier, classifier_checkpoint, load_classifier, load_classifier_config,
                          save_classifier_checkpoint)
-from .diffusion import (AE_CONFIG_NAME, CLASSIFIER_CONFIG_NAME, LoadedRun, load_checkpoint_config, load_run,
-                        read_conditioning)
+from .diffusion import LoadedRun, load_checkpoint_config, load_run, read_conditioning
 from .kinds import saved_run_config
 from .lock import RunFolderLocked, RunLock
 
@@ -19,10 +18,9 @@ __all__ = [
     "AE_CONFIG_NAME", "CHECKPOINT_FILES", "CHECKPOINTS_DIR", "CLASSIFIER_CONFIG_NAME", "CONFIG_NAME", "DISC_NAME",
     "EMA_NAME", "LATEST_NAME", "MODEL_NAME", "STATE_NAME", "CheckpointError", "CheckpointWriteError",
     "LoadedClassifier", "LoadedRun", "RunFolderLocked", "RunLock", "autoencoder_checkpoint", "checkpoint_error",
-    "checkpoint_name", "checkpoint_step", "classifier_checkpoint", "cpu_state", "list_checkpoints",
-    "load_autoencoder", "load_autoencoder_config", "load_checkpoint_config", "load_classifier",
+    "checkpoint_name", "checkpoint_of_kind", "checkpoint_step", "classifier_checkpoint", "cpu_state",
+    "list_checkpoints", "load_autoencoder", "load_autoencoder_config", "load_checkpoint_config", "load_classifier",
     "load_classifier_config", "load_run", "load_state_into", "load_training_state", "load_weights",
-    "prune_checkpoints", "read_conditioning", "read_latest", "resolve_checkpoint", "save_checkpoint_files", "save_classifier_checkpoint",
-    "saved_run_config",
-    "weights_writer",
+    "prune_checkpoints", "read_conditioning", "read_latest", "resolve_checkpoint", "save_checkpoint_files",
+    "save_classifier_checkpoint", "saved_run_config", "weights_writer",
 ]

@@ -10,9 +10,8 @@ import yaml
 
 from ..config import AutoencoderRunConfig, ConfigError, load_config
 from ..nn.autoencoder import AutoencoderKL
-from .checkpoint import (CONFIG_NAME, EMA_NAME, MODEL_NAME, CheckpointError, checkpoint_error, load_state_into,
-                         load_weights, resolve_checkpoint)
-from .diffusion import AE_CONFIG_NAME, CLASSIFIER_CONFIG_NAME
+from .checkpoint import AE_CONFIG_NAME, EMA_NAME, MODEL_NAME, checkpoint_error, checkpoint_of_kind, load_state_into, \
+    load_weights
 
 DISC_NAME = "discriminator.safetensors"
 
@@ -20,13 +19,8 @@ DISC_NAME = "discriminator.safetensors"
 def autoencoder_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint folder of an autoencoder run (its latest) or of a checkpoint path; a clear
     error for anything else."""
-    ckpt = resolve_checkpoint(path)
-    if not (ckpt / AE_CONFIG_NAME).is_file():
-        if (ckpt / CONFIG_NAME).is_file() or (ckpt / CLASSIFIER_CONFIG_NAME).is_file():
-            raise CheckpointError(f"{path} is not an autoencoder run "
-                                  "(train one with: difflab train-autoencoder --preset mnist-f4)")
-        raise checkpoint_error(ckpt, f"{AE_CONFIG_NAME} is missing", "file not found")
-    return ckpt
+    return checkpoint_of_kind(path, AE_CONFIG_NAME, "is not an autoencoder run "
+                                                    "(train one with: difflab train-autoencoder --preset mnist-f4)")
 
 
 def load_autoencoder_config(path: str | os.PathLike) -> AutoencoderRunConfig:

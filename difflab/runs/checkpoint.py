@@ -50,6 +50,9 @@ EMA_NAME = "ema.safetensors"
 STATE_NAME = "training_state.pt"
 CONFIG_NAME = "config.yaml"
 CHECKPOINT_FILES = (MODEL_NAME, EMA_NAME, STATE_NAME, CONFIG_NAME)
+CLASSIFIER_CONFIG_NAME = "classifier.yaml"
+AE_CONFIG_NAME = "autoencoder.yaml"
+RUN_CONFIG_NAMES = (CONFIG_NAME, CLASSIFIER_CONFIG_NAME, AE_CONFIG_NAME)   # diffusion, classifier, autoencoder
 STEP_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -226,6 +229,17 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
                               "start the run again without --resume")
     raise CheckpointError(f"{p} is neither a run folder (with {CHECKPOINTS_DIR}/) nor a checkpoint folder "
                           f"(with {MODEL_NAME})")
+
+
+def checkpoint_of_kind(path: str | os.PathLike, config_name: str, not_this_kind: str) -> Path:
+    """The checkpoint folder (a run's latest, or the folder given) whose config file is ``config_name``;
+    ``not_this_kind`` is the message when it holds another kind of run's config instead."""
+    ckpt = resolve_checkpoint(path)
+    if not (ckpt / config_name).is_file():
+        if any((ckpt / other).is_file() for other in RUN_CONFIG_NAMES if other != config_name):
+            raise CheckpointError(f"{path} {not_this_kind}")
+        raise checkpoint_error(ckpt, f"{config_name} is missing", "file not found")
+    return ckpt
 
 
 def earlier_hint(run_dir: Path, bad: Path) -> str:

@@ -12,21 +12,15 @@ import yaml
 
 from ..config import ClassifierRunConfig, ConfigError, load_config, save_config
 from ..nn.classifier import EncoderClassifier
-from .checkpoint import (CONFIG_NAME, EMA_NAME, MODEL_NAME, STATE_NAME, CheckpointError, checkpoint_error,
-                         checkpoint_step, load_state_into, load_weights, resolve_checkpoint, save_checkpoint_files,
+from .checkpoint import (CLASSIFIER_CONFIG_NAME, EMA_NAME, MODEL_NAME, STATE_NAME, checkpoint_error,
+                         checkpoint_of_kind, checkpoint_step, load_state_into, load_weights, save_checkpoint_files,
                          weights_writer)
-from .diffusion import CLASSIFIER_CONFIG_NAME
 
 
 def classifier_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint folder of a classifier run (its latest) or a checkpoint path; a clear error otherwise."""
-    ckpt = resolve_checkpoint(path)
-    if not (ckpt / CLASSIFIER_CONFIG_NAME).is_file():
-        if (ckpt / CONFIG_NAME).is_file():
-            raise CheckpointError(f"{path} is a diffusion run, not a classifier run "
-                                  "(train one with: difflab train-classifier --diffusion-from RUN)")
-        raise checkpoint_error(ckpt, f"{CLASSIFIER_CONFIG_NAME} is missing", "file not found")
-    return ckpt
+    return checkpoint_of_kind(path, CLASSIFIER_CONFIG_NAME, "is not a classifier run (train one with: "
+                                                            "difflab train-classifier --diffusion-from RUN)")
 
 
 def load_classifier_config(path: str | os.PathLike) -> ClassifierRunConfig:

@@ -15,11 +15,8 @@ from ..config import ConfigError, RunConfig, load_config
 from ..latent import LatentDiffusion
 from ..nn.text import TextEncoderConfig
 from ..nn.unet import UNet
-from .checkpoint import (CONFIG_NAME, EMA_NAME, MODEL_NAME, CheckpointError, checkpoint_error, checkpoint_step,
-                         load_state_into, load_weights, resolve_checkpoint)
-
-CLASSIFIER_CONFIG_NAME = "classifier.yaml"
-AE_CONFIG_NAME = "autoencoder.yaml"
+from .checkpoint import (AE_CONFIG_NAME, CLASSIFIER_CONFIG_NAME, CONFIG_NAME, EMA_NAME, MODEL_NAME, CheckpointError,
+                         checkpoint_error, checkpoint_step, load_state_into, load_weights, resolve_checkpoint)
 
 
 def load_checkpoint_config(ckpt: Path) -> RunConfig:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..config import AutoencoderRunConfig, ClassifierRunConfig, RunConfig, RunSpec
 from .autoencoder import autoencoder_checkpoint, load_autoencoder_config
-from .checkpoint import resolve_checkpoint
+from .checkpoint import AE_CONFIG_NAME, CLASSIFIER_CONFIG_NAME, resolve_checkpoint
 from .classifier import classifier_checkpoint, load_classifier_config
-from .diffusion import AE_CONFIG_NAME, CLASSIFIER_CONFIG_NAME, load_checkpoint_config
+from .diffusion import load_checkpoint_config
 
 
 def saved_run_config(kind: str, path: str | os.PathLike) -> tuple[Path, RunSpec]:

@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import sys
-import traceback
 from pathlib import Path
 
 import safetensors.torch as st
@@ -27,6 +26,9 @@ from difflab.config import resolve_autoencoder_config, resolve_classifier_config
 from difflab.runs import CheckpointError, resolve_checkpoint
 from difflab.train import Callback, train, train_autoencoder, train_classifier
 from difflab.train.data import load_images
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
+from rel_crash_driver import run_child  # noqa: E402  (forks a child, reports how it ended)
 
 torch.set_num_threads(1)
 
@@ -78,24 +80,6 @@ def install(fault: str) -> list:
             die()
     os.replace = replace
     return []
-
-
-def run_child(fn) -> dict:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            fn()
-        except BaseException:
-            traceback.print_exc()
-            code = 3
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        return {"signal": os.WTERMSIG(status), "exit": None}
-    return {"signal": None, "exit": os.WEXITSTATUS(status)}
 
 
 def loadable(run: Path):
