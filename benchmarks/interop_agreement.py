@@ -28,8 +28,8 @@ from _common import RESULTS, write_section  # noqa: E402  (puts the repository o
 
 from difflab.interop import export_diffusers, import_diffusers, state_dict_to_difflab, unet_config_from_unet2d  # noqa
 from difflab.nn import UNet  # noqa: E402
-from difflab.train import class_labels, load_run, sample_images  # noqa: E402
-from difflab.train.sampling import SEED_STRIDE  # noqa: E402
+from difflab.runs import load_run  # noqa: E402
+from difflab.sampling import SEED_STRIDE, class_labels, sample_images  # noqa: E402
 
 SECTION = "## diffusers interop agreement"
 

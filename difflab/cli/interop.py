@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import PROG, _format_duration, _positive, _say
+from .common import PROG, check_positive, format_duration, say
 
 
 def add_export_diffusers_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,22 +44,22 @@ def run_export_diffusers(args) -> int:
         raise _diffusers_error(e) from None
     u, s = res.unet_config, res.scheduler_config
     schedule = s.get("beta_schedule", "trained_betas")
-    _say(f"exported {args.run_dir} to {res.out} in {_format_duration(time.perf_counter() - t0)}")
-    _say(f"  unet:       UNet2DModel, {res.parameters:,} parameters, blocks {list(u['block_out_channels'])}"
+    say(f"exported {args.run_dir} to {res.out} in {format_duration(time.perf_counter() - t0)}")
+    say(f"  unet:       UNet2DModel, {res.parameters:,} parameters, blocks {list(u['block_out_channels'])}"
          + (f", {u['num_class_embeds'] - 1} classes + the null class" if u["num_class_embeds"] else ""))
-    _say(f"  scheduler:  DDPMScheduler, {schedule}, {s['num_train_timesteps']} steps, {s['prediction_type']}, "
+    say(f"  scheduler:  DDPMScheduler, {schedule}, {s['num_train_timesteps']} steps, {s['prediction_type']}, "
          f"spacing {s['timestep_spacing']}")
-    _say(f"  check:      max |difflab - diffusers| = {res.max_difference:.2g} on a probe batch")
+    say(f"  check:      max |difflab - diffusers| = {res.max_difference:.2g} on a probe batch")
     for note in res.notes:
-        _say(f"  note:       {note}")
-    _say(f'load it with: DDIMPipeline.from_pretrained("{res.out}") (or DDPMPipeline); usage in {res.out}/README.md')
+        say(f"  note:       {note}")
+    say(f'load it with: DDIMPipeline.from_pretrained("{res.out}") (or DDPMPipeline); usage in {res.out}/README.md')
     return 0
 
 
 def run_import_diffusers(args) -> int:
     from ..interop import import_diffusers
 
-    _positive(args, "image_size")
+    check_positive(args, "image_size")
     t0 = time.perf_counter()
     try:
         res = import_diffusers(args.src, args.out, dataset=args.dataset, data_root=args.data_root,
@@ -68,14 +68,14 @@ def run_import_diffusers(args) -> int:
         raise _diffusers_error(e) from None
     m, d = res.config.model, res.config.diffusion
     kind = f"class-conditional ({m.num_classes} classes)" if m.num_classes is not None else "unconditional"
-    _say(f"imported {args.src} to {res.run_dir} in {_format_duration(time.perf_counter() - t0)}")
-    _say(f"  model:      {kind} U-Net, {m.in_channels} x {m.image_size} x {m.image_size}, widths "
+    say(f"imported {args.src} to {res.run_dir} in {format_duration(time.perf_counter() - t0)}")
+    say(f"  model:      {kind} U-Net, {m.in_channels} x {m.image_size} x {m.image_size}, widths "
          f"{[m.model_channels * k for k in m.channel_mult]}")
-    _say(f"  diffusion:  {d.schedule} schedule, {d.num_timesteps} steps, {d.prediction} prediction, {d.variance}")
+    say(f"  diffusion:  {d.schedule} schedule, {d.num_timesteps} steps, {d.prediction} prediction, {d.variance}")
     if res.max_difference is not None:
-        _say(f"  check:      max |difflab - diffusers| = {res.max_difference:.2g} on a probe batch")
+        say(f"  check:      max |difflab - diffusers| = {res.max_difference:.2g} on a probe batch")
     for note in res.notes:
-        _say(f"  note:       {note}")
-    _say(f"sample with: {PROG} sample --checkpoint {res.run_dir}")
+        say(f"  note:       {note}")
+    say(f"sample with: {PROG} sample --checkpoint {res.run_dir}")
     return 0
 

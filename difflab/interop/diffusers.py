@@ -30,8 +30,8 @@ from ..config import DataConfig, RunConfig, SampleConfig, save_config
 from ..data import list_datasets
 from ..nn.io import check_state_dict
 from ..nn.unet import UNet, UNetConfig
-from ..train import load_run, resolve_checkpoint, save_checkpoint
-from ..train.checkpoint import load_checkpoint_config
+from ..runs import (CONFIG_NAME, EMA_NAME, MODEL_NAME, STATE_NAME, RunLock, load_checkpoint_config, load_run,
+                    resolve_checkpoint, save_checkpoint_files, weights_writer)
 from .scheduler import diffusion_from_scheduler, scheduler_config
 from .unet2d import InteropError, state_dict_to_difflab, state_dict_to_unet2d, unet2d_config, unet_config_from_unet2d
 
@@ -315,7 +315,10 @@ def import_diffusers(src: str | os.PathLike, out: str | os.PathLike, *, dataset:
                 notes.append(f"not cross-checked: diffusers could not load {folder.unet_dir} ({type(e).__name__})")
             else:
                 difference = probe_difference(unet, theirs, model, diffusion.num_timesteps)
-    save_config(cfg, out / "config.yaml")
     state = {"step": 0, "imported_from": str(Path(src).resolve())}
-    ckpt = save_checkpoint(out, 0, model_state=tensors, ema_state=tensors, training_state=state, config=cfg, keep=1)
+    with RunLock(out):                  # the run-folder format of difflab.runs, written by its one writer
+        save_config(cfg, out / CONFIG_NAME)
+        writers = {MODEL_NAME: weights_writer(tensors, 0), EMA_NAME: weights_writer(tensors, 0),
+                   STATE_NAME: lambda path: torch.save(state, path), CONFIG_NAME: lambda path: save_config(cfg, path)}
+        ckpt = save_checkpoint_files(out, 0, writers, keep=1)
     return ImportResult(out, ckpt, cfg, notes, difference)

@@ -18,92 +18,22 @@ GroupNorm, SiLU, zero-initialised ``conv_out``.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import SelfAttention2d, SpatialTransformer, resolve_heads, zero_module
-from .dropout import Dropout
+from .attention import SelfAttention2d, SpatialTransformer, zero_module
+from .base import ConfigMixin, check_int, level_resolutions, validate_encoder_fields
 from .embeddings import ClassEmbedding, TimestepEmbedding
 
 # ----------------------------------------------------------------------------------------
 # Config
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def level_resolutions(image_size: int, num_levels: int) -> list[int]:
-    """Spatial size at each level: ``image_size / 2**i``."""
-    return [image_size // 2**i for i in range(num_levels)]
-
-
-def validate_encoder_fields(cfg: Any) -> None:
-    """Checks shared by the U-Net and the encoder classifier configs."""
-    _check_int("image_size", cfg.image_size, 1)
-    _check_int("in_channels", cfg.in_channels, 1)
-    _check_int("model_channels", cfg.model_channels, 1)
-    _check_int("num_res_blocks", cfg.num_res_blocks, 1)
-    _check_int("norm_groups", cfg.norm_groups, 1)
-    if not isinstance(cfg.channel_mult, tuple) or not cfg.channel_mult:
-        raise ValueError(f"channel_mult must be a non-empty tuple of ints, got {cfg.channel_mult!r}")
-    for m in cfg.channel_mult:
-        _check_int("each channel_mult entry", m, 1)
-    levels = len(cfg.channel_mult)
-    factor = 2 ** (levels - 1)
-    if cfg.image_size % factor:
-        raise ValueError(
-            f"image_size={cfg.image_size} is not divisible by 2**(levels-1)={factor} for "
-            f"{levels} levels (channel_mult={cfg.channel_mult}); use fewer levels or a size divisible by {factor}"
-        )
-    for m in (1,) + cfg.channel_mult:
-        ch = cfg.model_channels * m
-        if ch % cfg.norm_groups:
-            raise ValueError(f"channel width {ch} is not divisible by norm_groups={cfg.norm_groups}")
-    resolutions = level_resolutions(cfg.image_size, levels)
-    if not isinstance(cfg.attention_resolutions, tuple):
-        raise ValueError(f"attention_resolutions must be a tuple, got {cfg.attention_resolutions!r}")
-    bad = [r for r in cfg.attention_resolutions if r not in resolutions]
-    if bad:
-        raise ValueError(f"attention_resolutions {bad} are not level resolutions; allowed: {resolutions}")
-    if cfg.num_head_channels != -1:
-        _check_int("num_head_channels (or -1)", cfg.num_head_channels, 1)
-    _check_int("num_heads", cfg.num_heads, 1)
-    for m in cfg.channel_mult:   # every width that may carry attention must split into heads
-        resolve_heads(cfg.model_channels * m, cfg.num_heads, cfg.num_head_channels)
-    if not (isinstance(cfg.dropout, (int, float)) and 0.0 <= cfg.dropout < 1.0):
-        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
-
-
-class ConfigMixin:
-    """``to_dict`` / ``from_dict`` for frozen config dataclasses (tuples become lists in JSON)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys: {unknown}; allowed: {sorted(names)}")
-        kwargs = {}
-        for k, v in d.items():
-            kwargs[k] = tuple(v) if isinstance(v, list) else v
-        return cls(**kwargs)
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class UNetConfig(ConfigMixin):
     """Architecture of a ``UNet``; validated on construction (``ValueError`` says what is wrong).
 
@@ -156,18 +86,18 @@ class UNetConfig(ConfigMixin):
             if not ok:
                 raise ValueError(f"{field} must be {allowed}, got {getattr(self, field)!r}")
         if self.out_channels is not None:
-            _check_int("out_channels", self.out_channels, 1)
+            check_int("out_channels", self.out_channels, 1)
         if self.num_classes is not None:
-            _check_int("num_classes (or None)", self.num_classes, 1)
-        _check_int("cond_channels", self.cond_channels, 0)
-        _check_int("transformer_depth", self.transformer_depth, 1)
+            check_int("num_classes (or None)", self.num_classes, 1)
+        check_int("cond_channels", self.cond_channels, 0)
+        check_int("transformer_depth", self.transformer_depth, 1)
         if not isinstance(self.cross_attention_resolutions, tuple):
             raise ValueError(f"cross_attention_resolutions must be a tuple, got {self.cross_attention_resolutions!r}")
         if self.context_dim is None:
             if self.cross_attention_resolutions:
                 raise ValueError("cross_attention_resolutions is set but context_dim is None; set context_dim")
         else:
-            _check_int("context_dim (or None)", self.context_dim, 1)
+            check_int("context_dim (or None)", self.context_dim, 1)
             resolutions = level_resolutions(self.image_size, len(self.channel_mult))
             bad = [r for r in self.cross_attention_resolutions if r not in resolutions]
             if bad:
@@ -182,6 +112,59 @@ class UNetConfig(ConfigMixin):
 
 # ----------------------------------------------------------------------------------------
 # Blocks
+
+
+class Dropout(nn.Module):
+    """Element-wise dropout (Srivastava et al. 2014), cheaper on CPU than ``nn.Dropout``.
+
+    ``torch.bernoulli_`` draws one 32-bit number per element and was ~8% of a training
+    step's time; here each element gets 16 uniform bits (four per 64-bit draw from torch's
+    global generator), kept when the bits say so. The drop probability is realised as
+    ``p_eff = round(p * 2**16) / 2**16`` (within 8e-6 of ``p``) and kept values are scaled
+    by ``1 / (1 - p_eff)``, so ``E[out] = x`` exactly. Identity in eval mode or when p = 0.
+    """
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.drop_levels = int(round(p * 65536))     # of 65536 equally likely 16-bit values
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_levels == 0:
+            return x
+        return _DropoutFn.apply(x, self.drop_levels)
+
+
+def _physical_shape(x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Shape of ``x`` as laid out in memory, and the permutation back to its logical shape."""
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return (x.shape[0], x.shape[2], x.shape[3], x.shape[1]), (0, 3, 1, 2)
+    return tuple(x.shape), None
+
+
+class _DropoutFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, drop_levels: int) -> torch.Tensor:
+        n = x.numel()
+        bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        bits = bits.view(torch.int16)[:n]                 # uniform on [-32768, 32767]
+        shape, perm = _physical_shape(x)
+        keep = (bits >= drop_levels - 32768).view(shape)  # P(keep) = 1 - drop_levels / 65536
+        if perm is not None:
+            keep = keep.permute(perm)
+        ctx.scale = 65536.0 / (65536 - drop_levels)
+        ctx.save_for_backward(keep)                       # 1 byte per element, like native dropout
+        return keep.to(x.dtype).mul_(ctx.scale).mul_(x)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return keep.to(grad_out.dtype).mul_(ctx.scale).mul_(grad_out), None
 
 
 class Downsample(nn.Module):

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from difflab.config import RUN_PRESETS, save_config
 from difflab.nn import UNet
-from difflab.train import save_checkpoint
+from difflab.runs import CONFIG_NAME, EMA_NAME, MODEL_NAME, STATE_NAME, save_checkpoint_files, weights_writer
 
 TINY = RUN_PRESETS["tiny"]     # 8x8x1 U-Net (widths 8/16, attention at 4x4), linear schedule, T = 100
 # A small UNet2DModel: two levels, attention at the lower one, two heads of 8 channels there.
@@ -42,8 +42,10 @@ def make_run(root: Path, name: str, *, model=None, seed: int = 0, **sections) ->
     torch.manual_seed(seed)
     state = randomize_(UNet(cfg.model), seed).state_dict()
     run = root / name
-    save_config(cfg, run / "config.yaml")
-    save_checkpoint(run, 1, model_state=state, ema_state=state, training_state={"step": 1}, config=cfg, keep=1)
+    save_config(cfg, run / CONFIG_NAME)
+    save_checkpoint_files(run, 1, {MODEL_NAME: weights_writer(state, 1), EMA_NAME: weights_writer(state, 1),
+                                   STATE_NAME: lambda p: torch.save({"step": 1}, p),
+                                   CONFIG_NAME: lambda p: save_config(cfg, p)}, keep=1)
     return run
 
 

@@ -12,7 +12,7 @@ pytest.importorskip("diffusers")
 from diffusers import DDIMPipeline  # noqa: E402
 
 from _interop_helpers import edit_json, make_diffusers_folder, make_run  # noqa: E402
-from difflab.train.sampling import SEED_STRIDE  # noqa: E402
+from difflab.sampling import SEED_STRIDE  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _cli_helpers import png, run_cli  # noqa: E402

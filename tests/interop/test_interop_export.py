@@ -11,8 +11,8 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, UNet2DModel  # 
 
 from _interop_helpers import make_run  # noqa: E402
 from difflab.interop import InteropError, export_diffusers, import_diffusers  # noqa: E402
-from difflab.train import load_run, sample_images  # noqa: E402
-from difflab.train.sampling import SEED_STRIDE  # noqa: E402
+from difflab.runs import load_run  # noqa: E402
+from difflab.sampling import SEED_STRIDE, sample_images  # noqa: E402
 
 STEPS, N = 10, 4
 TOL = 1e-4

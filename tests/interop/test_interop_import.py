@@ -15,8 +15,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 from _interop_helpers import edit_json, make_diffusers_folder, probe  # noqa: E402
 from difflab.interop import InteropError, diffusion_from_scheduler, import_diffusers, match_schedule  # noqa: E402
+from difflab.runs import load_run  # noqa: E402
 from difflab.schedules import make_betas  # noqa: E402
-from difflab.train import load_run  # noqa: E402
 
 ATOL = 1e-5
 
