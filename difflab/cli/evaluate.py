@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from .common import PROG, UsageError, _Parser, _positive, _say
-from .sample import _add_guidance_arguments, _guided_from_args, _sample_labels
+from .sample import _add_guidance_arguments, _guided_from_args, _sample_conditions
 
 
 def _add_eval_common(p: argparse.ArgumentParser) -> None:
@@ -222,7 +222,7 @@ def run_eval_fd(args) -> int:
         except ConfigError as e:
             raise UsageError(str(e)) from None
         guided = _guided_from_args(args, run, sc, device)
-        labels, _, _ = _sample_labels(args, guided, cfg.model.num_classes, n)
+        labels = _sample_conditions(args, guided, cfg.model.num_classes, n).labels
         m = cfg.model
         guidance = guided.description if guided is not None else "none"
         _say(f"sampling {n} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} ({run.weights} "

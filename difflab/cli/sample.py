@@ -90,10 +90,10 @@ def _guided_from_args(args, run, sample_cfg, device):
         raise UsageError(f"{flag}: {e}") from None
 
 
-def _sample_labels(args, guided, model_num_classes: int | None, n: int):
-    """(labels or None, seed indices or None, grid columns or None) for --class-label / --grid-by-class;
+def _sample_conditions(args, guided, model_num_classes: int | None, n: int):
+    """The Conditions of --class-label / --grid-by-class (labels or none, seed indices, grid columns);
     ``n`` is the number of images, or of columns with --grid-by-class."""
-    from ..train import class_grid_labels, class_labels
+    from ..generate import class_conditions
 
     num_classes = guided.num_classes if guided is not None else model_num_classes
     if args.class_label is not None:
@@ -107,34 +107,19 @@ def _sample_labels(args, guided, model_num_classes: int | None, n: int):
         elif not 0 <= args.class_label <= num_classes:
             raise UsageError(f"--class-label must be in 0..{num_classes - 1} ({num_classes} = the null class), "
                              f"got {args.class_label}")
-    if not getattr(args, "grid_by_class", False):
-        return class_labels(n, num_classes, args.class_label), None, None
-    if args.class_label is not None:
+    grid_by_class = getattr(args, "grid_by_class", False)
+    if grid_by_class and args.class_label is not None:
         raise UsageError("--grid-by-class shows every class; drop --class-label")
-    if num_classes is None:
+    if grid_by_class and num_classes is None:
         raise UsageError("--grid-by-class needs a class-conditional model or a --classifier")
-    labels, seeds = class_grid_labels(num_classes, n)
-    return labels, seeds, n
-
-
-MAX_GIF_FRAMES = 100
-
-
-def _gif_frames(xs: list, pred_x0s: list) -> tuple[list, list]:
-    """At most MAX_GIF_FRAMES evenly spaced frames, always keeping the first and the final sample."""
-    n = len(xs)
-    if n <= MAX_GIF_FRAMES:
-        return xs, pred_x0s
-    keep = sorted({round(i * (n - 1) / (MAX_GIF_FRAMES - 1)) for i in range(MAX_GIF_FRAMES)})
-    # pred_x0s has one entry fewer than xs (none for the final sample): pad it the same way viz does
-    padded = list(pred_x0s) + [xs[-1]] if len(pred_x0s) == n - 1 else list(pred_x0s)
-    return [xs[i] for i in keep], [padded[i] for i in keep]
+    return class_conditions(num_classes, n, class_label=args.class_label, grid_by_class=grid_by_class)
 
 
 def run_sample(args) -> int:
     import dataclasses
 
-    from ..train import load_run, resolve_device, sample_images
+    from ..generate import draw
+    from ..train import load_run, resolve_device
 
     for name in ("steps", "n", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -164,43 +149,33 @@ def run_sample(args) -> int:
     if run.conditioning is not None:   # latent, text or super-resolution run
         return run_conditioned_sample(args, run, sc, guided, device, out)
     per_row = 8 if args.grid_by_class and args.n is None else sc.n   # --grid-by-class: -n is the columns
-    labels, seed_indices, columns = _sample_labels(args, guided, m.num_classes, per_row)
-    n_total = len(labels) if labels is not None else sc.n
+    conditions = _sample_conditions(args, guided, m.num_classes, per_row)
 
-    _say(f"sampling {n_total} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
+    _say(f"sampling {conditions.count(sc.n)} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
          f"({run.weights} weights, step {run.step}) on {device}"
          + (f"; guidance: {guided.description}" if guided is not None else ""))
     t0 = time.perf_counter()
-    model, diffusion, options = ((guided.model, guided.diffusion, guided.sampler_options) if guided is not None
-                                 else (run.model, run.diffusion, {}))
-    res = sample_images(model, diffusion, sc, shape=(m.in_channels, m.image_size, m.image_size), n=n_total,
-                        labels=labels, seed_indices=seed_indices, device=device,
-                        return_trajectory=bool(args.gif), progress=not args.no_progress, sampler_options=options)
-    k = guided.num_classes if guided is not None else m.num_classes
-    nrow = columns or (k if k and args.class_label is None and sc.n % k == 0 else None)
-    return _write_outputs(args, res.sample.float().cpu(), res, out, nrow, t0)
+    drawn = draw(run, sc, conditions, guided=guided, device=device, return_trajectory=bool(args.gif),
+                 progress=not args.no_progress)
+    return _write_outputs(args, drawn, out, t0)
 
 
-def _write_outputs(args, x, res, out: Path, nrow, t0: float, extra=(), decode=None) -> int:
+def _write_outputs(args, drawn, out: Path, t0: float, extra=()) -> int:
     """Write the grid, then ``extra`` ((label, path) already written), the --save-individual images and
-    the --gif trajectory (frames mapped through ``decode``, e.g. a latent decoder); report them all."""
+    the --gif trajectory (latents decoded); report them all."""
     from ..viz import save_grid, save_images, save_trajectory_gif
 
-    written = [("grid", save_grid(x, out, nrow=nrow)), *extra]
+    x = drawn.images
+    written = [("grid", save_grid(x, out, nrow=drawn.nrow)), *extra]
     if args.save_individual:
         folder = out.with_suffix("")
         save_images(x, folder, prefix="sample")
         written.append(("images", folder))
     if args.gif:
         gif = Path(args.gif) if isinstance(args.gif, str) else out.with_suffix(".gif")
-        xs, x0s = _gif_frames(res.trajectory, res.pred_x0s)
-        if decode is not None:
-            xs, x0s = decode(xs), decode(x0s)
-        written.append(("trajectory", save_trajectory_gif(xs, x0s, gif, nrow=nrow)))
-    _say(f"done: {len(x)} images, {res.nfe} network evaluations per sample, "
+        written.append(("trajectory", save_trajectory_gif(*drawn.gif_frames(), gif, nrow=drawn.nrow)))
+    _say(f"done: {len(x)} images, {drawn.output.nfe} network evaluations per sample, "
          f"{_format_duration(time.perf_counter() - t0)}")
     for label, path in written:
         _say(f"  {label + ':':12s}{path}")
     return 0
-
-
