@@ -51,6 +51,9 @@ CSS = """
 .dl-bar { height: 8px; background: #d6e2fb; border-radius: 4px; margin-top: 6px; overflow: hidden; }
 .dl-bar > div { height: 100%; background: #3b6fd8; }
 .dl-note { font-size: 13px; margin-top: 4px; }
+.dl-caption { margin-bottom: 0; }
+.dl-caption p { font-size: 14px; }
+#command pre, #command code { white-space: pre-wrap; word-break: break-word; }
 """
 
 
@@ -96,7 +99,8 @@ class _Server:
                 gr.update(visible=kind == SUPER_RESOLUTION, value=TEST_SPLIT),
                 gr.update(visible=False, value=None),
                 gr.update(visible=kind == SUPER_RESOLUTION, value=None),
-                gr.update(visible=kind == SUPER_RESOLUTION, value=None))
+                gr.update(visible=kind == SUPER_RESOLUTION, value=None),
+                gr.update(visible=kind == SUPER_RESOLUTION), gr.update(visible=kind == SUPER_RESOLUTION))
 
     def sample(self, name, sampler, steps, eta, seed, n, class_choice, grid_by_class, prompts, guidance, source,
                uploads, request: gr.Request):
@@ -157,8 +161,7 @@ class _Server:
             text = (f"Done: {o.images} images in {o.seconds:.1f} s, {o.nfe} network passes each. "
                     f"Files: {o.grid.parent}")
             yield (_status("done", text, notes=o.notes), *frames, str(o.grid),
-                   gr.update(value=str(o.inputs) if o.inputs else None, visible=o.inputs is not None),
-                   gr.update(value=str(o.targets) if o.targets else None, visible=o.targets is not None),
+                   str(o.inputs) if o.inputs else None, str(o.targets) if o.targets else None,
                    str(o.gif) if o.gif else None, gr.update(value=str(o.grid), interactive=True),
                    gr.update(value=str(o.gif) if o.gif else None, interactive=o.gif is not None),
                    _command(job.request.command()))
@@ -175,6 +178,12 @@ class _Server:
             job = self.jobs.get(request.session_hash if request is not None else "")
         if job is not None:
             job.cancel()
+
+
+def _picture(elem_id: str, height: int) -> gr.Image:
+    """An output image shown with crisp (nearest-neighbour) enlargement; its caption is a Markdown line above."""
+    return gr.Image(show_label=False, type="filepath", format="png", elem_id=elem_id, interactive=False,
+                    elem_classes="dl-pixels", height=height, buttons=["fullscreen"])
 
 
 def _paths(uploads) -> list[str]:
@@ -221,27 +230,29 @@ def build_page(entries: list[RunEntry], *, device, out_dir: Path) -> gr.Blocks:
             with gr.Column(scale=3, min_width=360):
                 status = gr.HTML(_status("idle", "Choose settings and press Sample."), elem_id="status")
                 with gr.Row():
-                    live_xt = gr.Image(label="x_t: the image at this step", elem_id="live-xt", interactive=False,
-                                       format="png", elem_classes="dl-pixels", height=230, buttons=["fullscreen"])
-                    live_x0 = gr.Image(label="predicted x_0: the network's guess of the result", elem_id="live-x0",
-                                       interactive=False, format="png", elem_classes="dl-pixels", height=230,
-                                       buttons=["fullscreen"])
-                result = gr.Image(label="Samples (the PNG grid)", type="filepath", elem_id="result", interactive=False,
-                                  format="png", elem_classes="dl-pixels", height=300, buttons=["fullscreen"])
+                    with gr.Column(min_width=160):
+                        gr.Markdown("**x_t**: the image at this step", elem_classes="dl-caption")
+                        live_xt = _picture("live-xt", 230)
+                    with gr.Column(min_width=160):
+                        gr.Markdown("**predicted x_0**: the network's guess of the result", elem_classes="dl-caption")
+                        live_x0 = _picture("live-x0", 230)
+                gr.Markdown("**Samples**: the PNG grid", elem_classes="dl-caption")
+                result = _picture("result", 320)
                 with gr.Row():
-                    low_in = gr.Image(label="Low-resolution inputs", type="filepath", elem_id="inputs",
-                                      interactive=False, elem_classes="dl-pixels", height=180, buttons=["fullscreen"])
-                    targets = gr.Image(label="Targets (the test images)", type="filepath", elem_id="targets",
-                                       interactive=False, elem_classes="dl-pixels", height=180, buttons=["fullscreen"])
+                    with gr.Column(min_width=160):
+                        in_caption = gr.Markdown("**Low-resolution inputs**", elem_classes="dl-caption")
+                        low_in = _picture("inputs", 180)
+                    with gr.Column(min_width=160):
+                        target_caption = gr.Markdown("**Targets**: the test images", elem_classes="dl-caption")
+                        targets = _picture("targets", 180)
                 with gr.Row():
                     dl_grid = gr.DownloadButton("Download grid (PNG)", elem_id="download-grid", interactive=False)
                     dl_gif = gr.DownloadButton("Download denoising GIF", elem_id="download-gif", interactive=False)
                 command = gr.Markdown(elem_id="command")
                 with gr.Accordion("Denoising GIF: x_t (left) and predicted x_0 (right) at every step", open=False):
-                    gif = gr.Image(show_label=False, type="filepath", elem_id="gif", interactive=False,
-                                   elem_classes="dl-pixels", height=260, buttons=["fullscreen"])
+                    gif = _picture("gif", 260)
         controls = [info, sampler, steps, eta, seed, n, class_choice, grid_by_class, prompts, guidance, source, uploads,
-                    low_in, targets]
+                    low_in, targets, in_caption, target_caption]
         run.change(server.controls, run, controls, queue=False)
         page.load(server.controls, run, controls, queue=False)
         sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, eta, queue=False)
