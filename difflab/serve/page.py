@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import html
 import itertools
+import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import gradio as gr
@@ -48,12 +50,13 @@ CSS = """
 .dl-running { background: #eef4ff; color: #1d3b75; }
 .dl-done { background: #ecf8ef; color: #1b5e20; }
 .dl-error { background: #fdecec; color: #9b1c1c; border: 1px solid #f5b5b5; }
+.dl-stopped { background: #fff6e0; color: #7a4b00; }
 .dl-bar { height: 8px; background: #d6e2fb; border-radius: 4px; margin-top: 6px; overflow: hidden; }
 .dl-bar > div { height: 100%; background: #3b6fd8; }
 .dl-note { font-size: 13px; margin-top: 4px; }
 .dl-caption { margin-bottom: 0; }
 .dl-caption p { font-size: 14px; }
-#command pre, #command code { white-space: pre-wrap; word-break: break-word; }
+#command textarea { font-family: var(--font-mono); font-size: 13px; }
 """
 
 
@@ -64,12 +67,10 @@ def _status(kind: str, text: str, fraction: float | None = None, notes=()) -> st
 
 
 def _command(cmd: str | None) -> str:
-    if cmd is None:
-        return "Uploaded inputs have no `difflab sample` equivalent."
-    return f"The same images from the command line:\n```bash\n{cmd}\n```"
+    return "(uploaded inputs have no difflab sample equivalent)" if cmd is None else cmd
 
 
-class _Server:
+class PageServer:
     """What all the page's sessions share: the runs, the loaded networks and the running jobs."""
 
     def __init__(self, entries: list[RunEntry], device, out_dir: Path):
@@ -127,15 +128,21 @@ class _Server:
             yield fail(str(e))
             return
         except (ValueError, OSError, RuntimeError) as e:
-            yield fail(f"Could not load {entry.name}: {str(e).strip().splitlines()[0]}")
+            yield fail(f"Could not load {entry.name}: {_first_line(e)}")
+            return
+        except Exception as e:    # one line on the page, the traceback on the server's console
+            traceback.print_exc(file=sys.stderr)
+            yield fail(f"Could not start: unexpected {type(e).__name__}: {_first_line(e)} (see the console)")
             return
         session = request.session_hash if request is not None else ""
         with self.lock:
             self.jobs[session] = job
-        yield from self._stream(job.start())
-        with self.lock:
-            if self.jobs.get(session) is job:
-                del self.jobs[session]
+        try:
+            yield from self._stream(job.start())
+        finally:
+            with self.lock:
+                if self.jobs.get(session) is job:
+                    del self.jobs[session]
 
     def _stream(self, job: Job):
         skip = gr.skip()
@@ -159,7 +166,7 @@ class _Server:
             o = job.outcome
             frames = job.frame_images(job.frame) if job.frame is not None else (skip, skip)
             text = (f"Done: {o.images} images in {o.seconds:.1f} s, {o.nfe} network passes each. "
-                    f"Files: {o.grid.parent}")
+                    f"Files: {_shown(o.grid.parent)}")
             yield (_status("done", text, notes=o.notes), *frames, str(o.grid),
                    str(o.inputs) if o.inputs else None, str(o.targets) if o.targets else None,
                    str(o.gif) if o.gif else None, gr.update(value=str(o.grid), interactive=True),
@@ -168,7 +175,7 @@ class _Server:
         elif job.state == CANCELLED:
             f = job.frame
             where = f" at step {f.step} of {f.steps}" if f is not None else ""
-            yield (_status("error", f"Stopped{where}. Nothing was written; press Sample to start again."),
+            yield (_status("stopped", f"Stopped{where}. Nothing was written; press Sample to start again."),
                    *(skip,) * 9)
         else:
             yield (_status("error", f"Sampling failed: {job.error}"), *(skip,) * 9)
@@ -178,6 +185,18 @@ class _Server:
             job = self.jobs.get(request.session_hash if request is not None else "")
         if job is not None:
             job.cancel()
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _picture(elem_id: str, height: int) -> gr.Image:
@@ -197,7 +216,7 @@ def build_page(entries: list[RunEntry], *, device, out_dir: Path) -> gr.Blocks:
     """The page for ``entries`` (at least one); sampling on ``device``, files written under ``out_dir``."""
     if not entries:
         raise ValueError("no runs to serve")
-    server = _Server(entries, device, out_dir)
+    server = PageServer(entries, device, out_dir)
     first = entries[0]
     with gr.Blocks(title="difflab serve", analytics_enabled=False) as page:
         gr.Markdown(INTRO)
@@ -231,10 +250,10 @@ def build_page(entries: list[RunEntry], *, device, out_dir: Path) -> gr.Blocks:
                 status = gr.HTML(_status("idle", "Choose settings and press Sample."), elem_id="status")
                 with gr.Row():
                     with gr.Column(min_width=160):
-                        gr.Markdown("**x_t**: the image at this step", elem_classes="dl-caption")
+                        gr.Markdown("**x_t** at this step", elem_classes="dl-caption")
                         live_xt = _picture("live-xt", 230)
                     with gr.Column(min_width=160):
-                        gr.Markdown("**predicted x_0**: the network's guess of the result", elem_classes="dl-caption")
+                        gr.Markdown("**predicted x_0** at this step", elem_classes="dl-caption")
                         live_x0 = _picture("live-x0", 230)
                 gr.Markdown("**Samples**: the PNG grid", elem_classes="dl-caption")
                 result = _picture("result", 320)
@@ -248,22 +267,24 @@ def build_page(entries: list[RunEntry], *, device, out_dir: Path) -> gr.Blocks:
                 with gr.Row():
                     dl_grid = gr.DownloadButton("Download grid (PNG)", elem_id="download-grid", interactive=False)
                     dl_gif = gr.DownloadButton("Download denoising GIF", elem_id="download-gif", interactive=False)
-                command = gr.Markdown(elem_id="command")
+                command = gr.Textbox(label="The same images from the command line", elem_id="command", lines=2,
+                                     max_lines=6, interactive=False, buttons=["copy"])
                 with gr.Accordion("Denoising GIF: x_t (left) and predicted x_0 (right) at every step", open=False):
                     gif = _picture("gif", 260)
         controls = [info, sampler, steps, eta, seed, n, class_choice, grid_by_class, prompts, guidance, source, uploads,
                     low_in, targets, in_caption, target_caption]
-        run.change(server.controls, run, controls, queue=False)
-        page.load(server.controls, run, controls, queue=False)
-        sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, eta, queue=False)
-        source.change(lambda s: gr.update(visible=s == UPLOAD), source, uploads, queue=False)
+        quiet = dict(queue=False, show_progress="hidden")     # instant updates: no spinner over the controls
+        run.change(server.controls, run, controls, **quiet)
+        page.load(server.controls, run, controls, **quiet)
+        sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, eta, **quiet)
+        source.change(lambda s: gr.update(visible=s == UPLOAD), source, uploads, **quiet)
         grid_by_class.input(lambda g: (gr.update(label="Images per class" if g else "Number of images"),
-                                       gr.update(interactive=not g)), grid_by_class, [n, class_choice], queue=False)
+                                       gr.update(interactive=not g)), grid_by_class, [n, class_choice], **quiet)
         outputs = [status, live_xt, live_x0, result, low_in, targets, gif, dl_grid, dl_gif, command]
         go.click(server.sample, [run, sampler, steps, eta, seed, n, class_choice, grid_by_class, prompts, guidance,
                                  source, uploads], outputs, show_progress="hidden", concurrency_limit=1,
                  concurrency_id="sampling")
-        stop.click(server.stop, None, None, queue=False)
+        stop.click(server.stop, None, None, **quiet)
     return page
 
 

@@ -172,7 +172,7 @@ def test_the_page_draws_the_same_pixels_as_difflab_sample(page, browser, serve_r
     expected = np.asarray(Image.open(tmp_path / "cli.png"))
     assert shown.shape == expected.shape and np.array_equal(shown, expected)
     # the page names the command it ran, and the files it wrote are the ones a user downloads
-    command = browser.find_element(By.CSS_SELECTOR, "#command").text
+    command = browser.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value")
     assert f"difflab sample --checkpoint {serve_runs / 'plain'} --sampler ddim --steps 5 --eta 0 --seed 7 -n 6 " \
            "--gif" in command
     grid = next((out / "files").glob("*/ddim-5steps-seed7.png"))

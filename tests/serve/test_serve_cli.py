@@ -13,14 +13,14 @@ def _python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
-def test_importing_difflab_and_running_other_commands_never_imports_gradio(tmp_path):
-    code = f"""
+def test_importing_difflab_and_running_other_commands_never_imports_gradio():
+    code = """
 import sys
 import difflab, difflab.cli, difflab.generate, difflab.serve, difflab.serve.jobs, difflab.serve.runs
 from difflab.cli import main
 from difflab.cli.main import build_parser
 build_parser().parse_args(["serve", "runs"])
-assert main(["show-forward", "--preset", "tiny", "-n", "1", "--columns", "2", "--out", {str(tmp_path / 'f.png')!r}]) == 0
+assert main(["config", "--preset", "tiny"]) == 0
 assert "gradio" not in sys.modules, sorted(m for m in sys.modules if m.startswith("gradio"))
 print("ok")
 """

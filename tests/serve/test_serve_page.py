@@ -11,14 +11,14 @@ import torch
 
 gr = pytest.importorskip("gradio", reason="the page needs gradio: pip install -e '.[ui]'")
 
-from difflab.serve.page import _Server, build_page  # noqa: E402
+from difflab.serve.page import PageServer, build_page  # noqa: E402
 from difflab.serve.runs import find_runs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(serve_runs, tmp_path_factory):
     entries, _ = find_runs([serve_runs])
-    return _Server(entries, "cpu", tmp_path_factory.mktemp("page"))
+    return PageServer(entries, "cpu", tmp_path_factory.mktemp("page"))
 
 
 def _visible(update) -> bool:
@@ -55,7 +55,7 @@ def test_a_request_streams_progress_then_the_files(server):
     assert 'id="dl-done"' in statuses[-1] and "Done: 4 images" in statuses[-1]
     final = updates[-1]
     assert str(final[3]).endswith("ddim-3steps-seed0.png") and str(final[6]).endswith("ddim-3steps-seed0.gif")
-    assert "difflab sample --checkpoint" in final[9]
+    assert final[9].startswith("difflab sample --checkpoint")
 
 
 def test_a_bad_value_is_a_message_on_the_page_and_changes_nothing_else(server):
@@ -95,5 +95,5 @@ def test_stop_cancels_the_running_request_of_its_own_session(server, monkeypatch
     assert not server.jobs["mine"].finished
     server.stop(_request("mine"))
     worker.join(30)
-    assert "Stopped at step" in updates[-1][0] and 'id="dl-error"' in updates[-1][0]
+    assert "Stopped at step" in updates[-1][0] and 'id="dl-stopped"' in updates[-1][0]
     assert "mine" not in server.jobs
