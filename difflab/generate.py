@@ -1,7 +1,7 @@
 """Drawing images from a trained run: the one path that ``difflab sample`` and ``difflab serve`` share.
 
 A request is a :class:`~difflab.config.SampleConfig` (sampler, steps, eta, seed, n, batch size),
-optionally a guided model (:func:`~difflab.train.build_guided_model`), and :class:`Conditions`:
+optionally a guided model (:func:`~difflab.sampling.build_guided_model`), and :class:`Conditions`:
 what each image is conditioned on (class labels, prompts, low-resolution inputs), which starting
 noise it uses and how many columns its grid has. :func:`draw` samples plain, latent, text and
 super-resolution runs alike and returns decoded images in [-1, 1]; the same request gives the same
@@ -17,7 +17,7 @@ import torch
 
 from .config import SampleConfig
 from .samplers import SampleOutput
-from .train import class_grid_labels, class_labels, sample_images
+from .sampling import class_grid_labels, class_labels, sample_images
 
 MAX_GIF_FRAMES = 100   # a trajectory GIF keeps at most this many evenly spaced frames
 
@@ -122,9 +122,9 @@ class Drawn:
 
 def draw(run, sample: SampleConfig, conditions: Conditions = Conditions(), *, guided=None, device="cpu",
          return_trajectory: bool = False, progress: bool = False, callback=None) -> Drawn:
-    """Sample ``run`` (a :class:`~difflab.train.LoadedRun`) as ``sample`` and ``conditions`` say.
+    """Sample ``run`` (a :class:`~difflab.runs.LoadedRun`) as ``sample`` and ``conditions`` say.
 
-    ``guided``: a :class:`~difflab.train.GuidedModel` (None: the run's network as it is); ``callback``
+    ``guided``: a :class:`~difflab.sampling.GuidedModel` (None: the run's network as it is); ``callback``
     is handed to the sampler, ``callback(i, t, x_t, pred_x0)`` after each step of each batch of
     ``sample.batch_size`` images (raising from it stops sampling).
     """

@@ -6,7 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import UsageError, _say
+from .common import UsageError, say
+from .sampling import sample_conditions, write_outputs
 
 
 def add_conditioning_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,10 +42,9 @@ def check_conditioning_arguments(args, run) -> None:
 def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
     """Sample a run with a RunConditioning: decode latents, feed prompts or low-resolution inputs."""
     from ..data.transforms import low_res_condition
+    from ..eval import psnr
     from ..generate import draw, load_test_images, low_res_conditions, prompt_conditions
-    from ..train.autoencoder import psnr
     from ..viz import save_grid
-    from .sample import _sample_conditions, _write_outputs
 
     cond = run.conditioning
     if cond.prompts is not None:
@@ -55,18 +55,18 @@ def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
         conditions = prompt_conditions(base, args.n or 8)   # column j: the same noise in every row
         unknown = cond.prompts.unknown_words(base)
         if unknown:
-            _say(f"note: words never seen in training are read as <unk>: {', '.join(unknown)}")
+            say(f"note: words never seen in training are read as <unk>: {', '.join(unknown)}")
     elif args.cond_from_test is not None:
         try:
             conditions = low_res_conditions(load_test_images(run, args.cond_from_test))
         except ValueError as e:
             raise UsageError(f"--cond-from-test: {e}") from None
     else:
-        conditions = _sample_conditions(args, guided, run.config.model.num_classes, sc.n)
-    _say(f"sampling {conditions.count(sc.n)} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
-         f"({run.weights} weights, step {run.step}) on {device}"
-         + (" in latent space" if cond.latent is not None else "")
-         + (f"; guidance: {guided.description}" if guided is not None else ""))
+        conditions = sample_conditions(args, guided, run.config.model.num_classes, sc.n)
+    say(f"sampling {conditions.count(sc.n)} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
+        f"({run.weights} weights, step {run.step}) on {device}"
+        + (" in latent space" if cond.latent is not None else "")
+        + (f"; guidance: {guided.description}" if guided is not None else ""))
     t0 = time.perf_counter()
     try:
         drawn = draw(run, sc, conditions, guided=guided, device=device, return_trajectory=bool(args.gif),
@@ -79,6 +79,6 @@ def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
         low = low_res_condition(cond_images, run.config.cond.low_res_factor, cond_images.shape[-1])
         extra.append(("inputs", save_grid(low, out.with_name(out.stem + "-input.png"), nrow=nrow)))
         extra.append(("targets", save_grid(cond_images, out.with_name(out.stem + "-target.png"), nrow=nrow)))
-        _say(f"PSNR to the targets: samples {float(psnr(cond_images, x).mean()):.2f} dB, bilinear upsampling of "
-             f"the inputs {float(psnr(cond_images, low).mean()):.2f} dB (n={len(x)})")
-    return _write_outputs(args, drawn, out, t0, extra=extra)
+        say(f"PSNR to the targets: samples {float(psnr(cond_images, x).mean()):.2f} dB, bilinear upsampling of "
+            f"the inputs {float(psnr(cond_images, low).mean()):.2f} dB (n={len(x)})")
+    return write_outputs(args, drawn, out, t0, extra=extra)

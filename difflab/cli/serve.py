@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import UsageError, _say
+from .common import UsageError, say
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 INSTALL_HINT = "difflab serve needs gradio: pip install 'difflab[ui]' (or: pip install 'gradio>=6,<7')"
@@ -37,7 +37,7 @@ def run_serve(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     for line in skipped:
-        _say(f"skipped {line}")
+        say(f"skipped {line}")
     if not entries:
         raise UsageError(f"no diffusion run to serve in {', '.join(map(str, paths))}")
     device = resolve_device(args.device)
@@ -57,16 +57,16 @@ def run_serve(args) -> int:
         raise RuntimeError(f"cannot listen on {args.host}:{args.port or 7860} ({str(e).splitlines()[0]}); "
                            "choose another --port") from None
     if args.host not in LOCAL_HOSTS:
-        _say(f"warning: listening on {args.host}: anyone who can reach this machine can use the page")
-    _say(f"serving {len(entries)} run{'s' if len(entries) > 1 else ''} ({', '.join(e.name for e in entries)}) "
+        say(f"warning: listening on {args.host}: anyone who can reach this machine can use the page")
+    say(f"serving {len(entries)} run{'s' if len(entries) > 1 else ''} ({', '.join(e.name for e in entries)}) "
          f"on {device}")
-    _say(f"files are written to {out}")
-    _say(f"open {url} (Ctrl-C to stop)")
+    say(f"files are written to {out}")
+    say(f"open {url} (Ctrl-C to stop)")
     try:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        _say("stopping")
+        say("stopping")
     finally:
         page.close()
     return 0

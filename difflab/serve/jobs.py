@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from ..data.transforms import low_res_condition
+from ..eval import psnr
 from ..generate import draw
-from ..train import build_guided_model, load_run
-from ..train.autoencoder import psnr
+from ..runs import load_run
+from ..sampling import build_guided_model
 from ..viz import make_grid, save_grid, save_trajectory_gif
 from .request import InputError, Request
 from .runs import RunEntry

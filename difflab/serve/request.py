@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..config import MAX_SAMPLE_SEED, SampleConfig
+from ..config import SampleConfig
+from ..config.sections import MAX_SAMPLE_SEED
 from ..data.transforms import uint8_to_float
 from ..generate import Conditions, class_conditions, load_test_images, low_res_conditions, prompt_conditions
 from ..latent import NUMBER_WORDS, TRAIN_TEMPLATES
 from ..samplers import SAMPLERS
-from ..train import GuidanceOptions
+from ..sampling import GuidanceOptions
 from .runs import CLASS, SUPER_RESOLUTION, TEXT, RunEntry
 
 MAX_IMAGES = 256          # images of one request (per class, per prompt: MAX_PER_ROW)

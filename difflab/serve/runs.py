@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import RunConfig
-from ..train import CheckpointError, resolve_checkpoint
-from ..train.checkpoint import load_checkpoint_config
+from ..runs import CheckpointError, load_checkpoint_config, resolve_checkpoint
 
 UNCONDITIONAL, CLASS, TEXT, SUPER_RESOLUTION = "unconditional", "class-conditional", "text-to-image", \
     "super-resolution"
