@@ -91,7 +91,7 @@ class PageServer:
         return (gr.update(value=e.summary()), gr.update(value=s.sampler), gr.update(value=s.steps,
                 label=f"Steps (1 to {e.config.diffusion.num_timesteps})"),
                 gr.update(value=s.eta, visible=s.sampler == "ddim"), gr.update(value=s.seed),
-                gr.update(value=n_value, label=n_label),
+                gr.update(value=n_value, label=n_label, visible=True),
                 gr.update(visible=kind == CLASS, value=ALL_CLASSES,
                           choices=[ALL_CLASSES] + [str(i) for i in range(k or 0)]),
                 gr.update(visible=kind == CLASS, value=False),
@@ -277,7 +277,8 @@ def build_page(entries: list[RunEntry], *, device, out_dir: Path) -> gr.Blocks:
         run.change(server.controls, run, controls, **quiet)
         page.load(server.controls, run, controls, **quiet)
         sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, eta, **quiet)
-        source.change(lambda s: gr.update(visible=s == UPLOAD), source, uploads, **quiet)
+        source.change(lambda s: (gr.update(visible=s == UPLOAD), gr.update(visible=s != UPLOAD)), source, [uploads, n],
+                      **quiet)
         grid_by_class.input(lambda g: (gr.update(label="Images per class" if g else "Number of images"),
                                        gr.update(interactive=not g)), grid_by_class, [n, class_choice], **quiet)
         outputs = [status, live_xt, live_x0, result, low_in, targets, gif, dl_grid, dl_gif, command]
