@@ -15,7 +15,7 @@ from difflab.data import load_dataset
 from difflab.generate import load_test_images
 from difflab.serve.jobs import DONE, Job, RunCache
 from difflab.serve.request import UPLOAD, Form, InputError, parse_form, upload_images
-from difflab.serve.runs import SUPER_RESOLUTION, TEXT, find_runs
+from difflab.serve.runs import CLASS, SUPER_RESOLUTION, TEXT, find_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _cli_helpers import LATENT, TEXT as TEXT_FLAGS, png  # noqa: E402
@@ -28,6 +28,8 @@ def latent_runs(ae_run, tmp_path_factory):
                                   "--steps", 2, "--out", root / "text")]) == 0
     assert main([str(a) for a in (*LATENT, "model.cond_channels=1", "cond.low_res_factor=2",
                                   "latent.autoencoder=" + str(ae_run), "--steps", 2, "--out", root / "sr")]) == 0
+    assert main([str(a) for a in (*LATENT, "model.num_classes=10", "data.labels=true", "latent.autoencoder=" + str(ae_run),
+                                  "--steps", 2, "--out", root / "cls")]) == 0
     entries, _ = find_runs([root])
     return {e.path.name: e for e in entries}
 
@@ -43,17 +45,20 @@ def _job(entry, form, folder):
 @pytest.mark.parametrize("name, form", [
     ("text", Form("ddim", 2, 3, 2, eta=0.0, prompts="a handwritten three\n\nthe digit 7", guidance=2.0)),
     ("sr", Form("ddim", 2, 1, 3, eta=0.0)),
+    ("cls", Form("ddim", 2, 5, 2, eta=0.0, grid_by_class=True)),   # a class grid of a latent run: 10 rows of 2
 ])
 def test_latent_pages_draw_the_pixels_of_difflab_sample(latent_runs, tmp_path, capsys, name, form):
     entry = latent_runs[name]
-    assert entry.kind == {"text": TEXT, "sr": SUPER_RESOLUTION}[name] and entry.latent
+    assert entry.kind == {"text": TEXT, "sr": SUPER_RESOLUTION, "cls": CLASS}[name] and entry.latent
     req, job = _job(entry, form, tmp_path / "page")
     argv = shlex.split(req.command())[1:] + ["--out", str(tmp_path / "cli.png"), "--no-progress"]
     assert main(argv) == 0, capsys.readouterr().err
     o = job.outcome
     assert np.array_equal(png(o.grid), png(tmp_path / "cli.png"))
     assert Image.open(o.gif).n_frames == Image.open(tmp_path / "cli.gif").n_frames == 3
-    if name == "text":
+    if name == "cls":
+        assert o.images == 20 and "-n 2 --grid-by-class" in req.command()
+    elif name == "text":
         assert req.prompts == ("a handwritten three", "the digit 7") and o.images == 4
         assert "--prompt 'a handwritten three' 'the digit 7' --guidance-scale 2" in req.command()
     else:
