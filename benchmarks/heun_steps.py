@@ -31,7 +31,7 @@ from _common import ARTIFACTS, RESULTS, write_section  # noqa: E402  (puts the r
 from sampler_quality import conditioning, evaluator, fd_of, ours  # noqa: E402
 from difflab.rng import per_sample_generators, randn  # noqa: E402
 from difflab.samplers import get_sampler  # noqa: E402
-from difflab.train.checkpoint import load_run  # noqa: E402
+from difflab.runs import load_run  # noqa: E402
 
 SECTION = "## Heun against its step count (mnist)"
 

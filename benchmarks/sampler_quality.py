@@ -37,8 +37,8 @@ from difflab.eval import (EvalClassifierConfig, compute_stats, frechet_distance,
 from difflab.eval.classifier import ClassifierFeaturizer  # noqa: E402
 from difflab.rng import per_sample_generators, randn  # noqa: E402
 from difflab.samplers import get_sampler  # noqa: E402
-from difflab.train.checkpoint import load_run  # noqa: E402
-from difflab.train.sampling import class_labels  # noqa: E402
+from difflab.runs import load_run  # noqa: E402
+from difflab.sampling import class_labels  # noqa: E402
 
 
 
@@ -322,8 +322,8 @@ def main(argv=None):
                      f"{r['seconds']:.0f} |")
     lines += ["", targets_line(table), ""]
     plot = ARTIFACTS / f"sampler_quality_{name}.png"
-    from difflab.viz import _figure, _save_fig
-    fig = _figure((7, 4.5))
+    from difflab.viz import new_figure, save_figure
+    fig = new_figure((7, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     labels = sorted({r["sampler"] for r in table})
     for lab in labels:
@@ -334,7 +334,7 @@ def main(argv=None):
     ax.set_xlabel("network evaluations (NFE)")
     ax.set_ylabel("Frechet distance to test split")
     ax.legend(fontsize=7)
-    _save_fig(fig, plot)
+    save_figure(fig, plot)
     lines += [f"![sampler quality]({plot.relative_to(RESULTS.parent).as_posix()})", ""]
     text = "\n".join(lines)
     print(text)
