@@ -181,7 +181,9 @@ def drop_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 
 def targets_line(table: list[dict]) -> str:
     """The targets: the best difflab sampler at <= 10 NFE against the best DDPM-1000, against DDIM eta=1 at
-    10 NFE and against the best diffusers scheduler at <= 10 NFE (each part only where its rows exist)."""
+    10 NFE and against the best diffusers scheduler at <= 10 NFE (each part only where its rows exist;
+    rows that failed, with fd None, are left out)."""
+    table = [r for r in table if r["fd"] is not None]
     mine = [r for r in table if r["impl"] == "difflab" and r["nfe"] <= 10]
     if not mine:
         return "Targets: no difflab row at <= 10 NFE."
@@ -212,7 +214,11 @@ def measure(run, feat, ref, row, args) -> dict:
     if impl == "difflab":
         images, nfe = ours(run, name, steps, args.n, args.seed, args.batch, **opts)
     else:
-        images, nfe = diffusers_peer(run, name, steps, args.n, args.seed, args.batch)
+        try:
+            images, nfe = diffusers_peer(run, name, steps, args.n, args.seed, args.batch)
+        except Exception as e:   # a peer that cannot sample this model is a result too: say how it failed
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            return dict(sampler=label, impl=impl, nfe=steps, fd=None, error=error, seconds=time.perf_counter() - t0)
     return dict(sampler=label, impl=impl, nfe=nfe, fd=fd_of(feat, ref, images), seconds=time.perf_counter() - t0)
 
 
@@ -245,11 +251,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="fewer DDIM step counts")
     ap.add_argument("--max-nfe", type=int, default=None, help="only rows with at most this many network evaluations")
+    ap.add_argument("--min-nfe", type=int, default=0, help="only rows with at least this many network evaluations")
     ap.add_argument("--tag", default=None, help="a name for this model's table: section '## Sampler quality (<dataset>, "
                                                 "<tag>)' and its own JSON / plot, beside the untagged one")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
-    ap.add_argument("--only", default=None, help="re-measure only rows whose label contains this text; the other "
-                                                 "rows come from the previous run's JSON")
+    ap.add_argument("--only", default=None, help="re-measure only rows whose label contains this text (alternatives "
+                                                 "separated by |); the other rows come from the previous run's JSON")
     ap.add_argument("--report-only", action="store_true", help="write the section from the stored rows "
                                                                   "(benchmarks/artifacts/sampler_quality_<dataset>.json)")
     ap.add_argument("--jobs", type=int, default=1, help="measure the rows in this many single-threaded processes "
@@ -265,8 +272,8 @@ def main(argv=None):
     run = load_run(args.run)
     feat, ref, train, test = evaluator(args.dataset, args.data_root)
     rows = configurations(args.quick)
-    if args.max_nfe is not None:
-        rows = [r for r in rows if cost(r, run.diffusion.num_timesteps) <= args.max_nfe]
+    T = run.diffusion.num_timesteps
+    rows = [r for r in rows if args.min_nfe <= cost(r, T) <= (args.max_nfe or T)]
     if args.rows is not None:   # a worker of --jobs: measure these rows only, hand them back in a file
         done = []
         for i in map(int, args.rows.split(",")):
@@ -282,11 +289,15 @@ def main(argv=None):
     name = args.dataset + (f"_{args.tag}" if args.tag else "")
     heading = f"## Sampler quality ({args.dataset}" + (f", {args.tag})" if args.tag else ")")
     stored = ARTIFACTS / f"sampler_quality_{name}.json"
-    wanted = (lambda label: args.only in label) if args.only else (lambda label: True)
+    only = args.only.split("|") if args.only else [""]
+    wanted = lambda label: any(p in label for p in only)  # noqa: E731
     if args.report_only:
         table, todo = json.loads(stored.read_text()), []
     else:
-        table = [r for r in json.loads(stored.read_text()) if not wanted(r["sampler"])] if args.only else []
+        # rows re-measured now replace their stored versions; every other stored row is kept
+        redo = {(row[2], cost(row, T)) for row in rows if wanted(row[2])}
+        table = [r for r in json.loads(stored.read_text()) if (r["sampler"], r["nfe"]) not in redo] \
+            if args.only else []
         todo = [row for row in rows if wanted(row[2])]
     if args.jobs > 1 and len(todo) > 1:
         # workers get their rows by index, one thread each
@@ -318,6 +329,9 @@ def main(argv=None):
              f"Floor: {args.n} real training images against the test split: FD **{floor:.3f}**.", "",
              "| sampler | implementation | NFE | FD | FD / floor | seconds |", "|---|---|---|---|---|---|"]
     for r in sorted(table, key=lambda r: (r["impl"] != "difflab", r["sampler"], r["nfe"])):
+        if r["fd"] is None:
+            lines.append(f"| {r['sampler']} | {r['impl']} | {r['nfe']} | failed: {r['error']} | - | {r['seconds']:.0f} |")
+            continue
         lines.append(f"| {r['sampler']} | {r['impl']} | {r['nfe']} | {r['fd']:.3f} | {r['fd'] / floor:.2f} | "
                      f"{r['seconds']:.0f} |")
     lines += ["", targets_line(table), ""]
@@ -325,9 +339,10 @@ def main(argv=None):
     from difflab.viz import new_figure, save_figure
     fig = new_figure((7, 4.5))
     ax = fig.add_subplot(1, 1, 1)
-    labels = sorted({r["sampler"] for r in table})
+    measured = [r for r in table if r["fd"] is not None]
+    labels = sorted({r["sampler"] for r in measured})
     for lab in labels:
-        rs = sorted((r for r in table if r["sampler"] == lab), key=lambda r: r["nfe"])
+        rs = sorted((r for r in measured if r["sampler"] == lab), key=lambda r: r["nfe"])
         ax.plot([r["nfe"] for r in rs], [r["fd"] for r in rs], marker="o", label=lab)
     ax.axhline(floor, color="gray", linestyle="--", label="floor (real train vs test)")
     ax.set_xscale("log")

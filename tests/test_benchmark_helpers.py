@@ -61,3 +61,6 @@ def test_targets_line_reports_what_the_rows_allow():
     assert "= 1.18x the best DDPM-1000 (25.000) (target <= 1.5x: met)" in line
     assert "best other than DDIM eta=1: DPM-Solver++(2M) SDE 30.000" in line and "NOT met" in line
     assert sq.targets_line([row("DDIM eta=1", "difflab", 20, 1.0)]) == "Targets: no difflab row at <= 10 NFE."
+    # a peer that failed on the model (fd None) is left out of the comparison
+    failed = [row("DDIM eta=1", "difflab", 10, 29.5), row("diffusers DPMSolverMultistep (2M, Karras)", "diffusers", 10, None)]
+    assert "diffusers" not in sq.targets_line(failed)
