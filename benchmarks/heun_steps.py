@@ -11,7 +11,9 @@ noise for every row:
   deterministic solver that converges drives it to 0; it says how far a row is from the ODE
   solution whose FD the deterministic rows approach;
 * spread: the per-pixel standard deviation across samples, averaged over pixels, relative to the
-  reference's (above 1: the solver's error adds variance).
+  reference's (above 1: the solver's error adds variance);
+* what FD sees: its mean term |mu_samples - mu_test|^2 (the rest is the covariance term) and the
+  evaluation classifier's accuracy on the requested classes (sample i asks for class i mod 10).
 
     .venv/bin/python benchmarks/heun_steps.py --run runs/mnist-fast-1697 --data-root ../shared/data/mnist
 
@@ -28,7 +30,10 @@ import time
 import torch
 
 from _common import ARTIFACTS, RESULTS, write_section  # noqa: E402  (puts the repository on sys.path)
-from sampler_quality import conditioning, evaluator, fd_of, ours  # noqa: E402
+from sampler_quality import conditioning, evaluator, ours  # noqa: E402
+from difflab.eval import compute_stats, frechet_distance  # noqa: E402
+from difflab.eval.classifier import predict  # noqa: E402
+from difflab.sampling import class_labels  # noqa: E402
 from difflab.rng import per_sample_generators, randn  # noqa: E402
 from difflab.samplers import get_sampler  # noqa: E402
 from difflab.runs import load_run  # noqa: E402
@@ -45,7 +50,9 @@ def rows(quick: bool):
     out += [("Heun, Karras grid (rho 7, sigma 80 .. sigma_min)", "heun", s, {"sigma_schedule": "karras"})
             for s in (6, 11, 21)]
     out += [("DPM-Solver++(2M)", "dpm++2m", s, {}) for s in (10, 20)]
-    out += [("DDIM eta=0", "ddim", s, {"eta": 0.0, "spacing": "trailing"}) for s in (10, 20)]
+    out += [("DDIM eta=0", "ddim", s, {"eta": 0.0}) for s in (10, 20)]
+    out += [("DDIM eta=1 (stochastic, for scale)", "ddim", 10, {"eta": 1.0}),
+            ("DPM-Solver++(2M) SDE (stochastic, for scale)", "dpm++2m-sde", 10, {})]
     return out
 
 
@@ -94,7 +101,11 @@ def main() -> None:
         t0 = time.perf_counter()
         images, nfe = samples(run, name, steps, args.n, args.seed, args.batch, opts)
         head = images[:args.n_ref]
-        table.append(dict(row=label, steps=steps, nfe=nfe, fd=fd_of(feat, ref_stats, images),
+        stats = compute_stats(feat.features(images), feat.name, "samples", "generated")
+        labels = class_labels(len(images), run.config.model.num_classes)
+        accuracy = float((predict(feat.model, images) == labels).double().mean()) if labels is not None else None
+        table.append(dict(row=label, steps=steps, nfe=nfe, fd=frechet_distance(stats, ref_stats),
+                          fd_mean_term=float(((stats.mean - ref_stats.mean) ** 2).sum()), accuracy=accuracy,
                           ode_error=float((head - reference).square().mean().sqrt()),
                           spread=float(head.std(0).mean()) / ref_spread, seconds=time.perf_counter() - t0))
         print(json.dumps(table[-1]), flush=True)
@@ -107,11 +118,14 @@ def main() -> None:
              f"FD: {args.n} samples against the test split (`{feat.name}` features). ODE error: RMS pixel distance "
              f"(pixels in [-1, 1]) of the first {args.n_ref} samples to the endpoint of the same ODE solved with "
              f"DPM-Solver++(2M) at {args.ref_steps} steps; spread: per-pixel standard deviation across those samples "
-             "relative to the reference's.", "",
-             "| row | steps | NFE | FD | ODE error | spread | seconds |", "|---|---|---|---|---|---|---|"]
+             "relative to the reference's; FD mean term: |mu_samples - mu_test|^2 in the same features; accuracy: the "
+             "evaluation classifier's, on the requested classes.", "",
+             "| row | steps | NFE | FD | FD mean term | accuracy | ODE error | spread | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {r['row']} | {r['steps']} | {r['nfe']} | {r['fd']:.2f} | {r['ode_error']:.4f} | "
-                     f"{r['spread']:.3f} | {r['seconds']:.0f} |")
+        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        lines.append(f"| {r['row']} | {r['steps']} | {r['nfe']} | {r['fd']:.2f} | {r['fd_mean_term']:.2f} | {acc} | "
+                     f"{r['ode_error']:.4f} | {r['spread']:.3f} | {r['seconds']:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
