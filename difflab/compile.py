@@ -13,10 +13,12 @@ call, with that call's real inputs (any shapes, any conditioning kwargs). That c
   same inputs (alternating); if the compiled one is not faster, the model runs eager, with a message.
 
 Calls under autograd (training) get the failure fallback only. The backward graph compiles lazily,
-on the first backward pass, so the first call also runs one trial backward (``torch.autograd.grad``
-of the outputs' sum with respect to the module's parameters, the graph retained, nothing
-accumulated) to surface a backward compile failure there rather than in the training loop (not
-under DistributedDataParallel, whose gradient hooks allow one backward per forward). Dropout draws
+on the first backward pass, so the first call also runs one trial forward and backward
+(``torch.autograd.grad`` of the outputs' sum with respect to the module's parameters: nothing
+accumulates in ``.grad``) to surface a backward compile failure there rather than in the training
+loop. The trial runs inside ``torch.random.fork_rng``, so the random draws of the call that counts
+(dropout) are the ones it would have made without the trial; it is skipped under
+DistributedDataParallel, whose gradient hooks allow one backward per forward. Dropout draws
 differ between the two paths and a forward-only timing would leave the backward out, so there is
 no output check or speed probe under autograd; the training benchmark
 (benchmarks/compile_throughput.py) measures whole steps instead.
@@ -107,17 +109,18 @@ def _timed(fn: Callable, args, kwargs):
     return out, time.perf_counter() - t0
 
 
-def _trial_backward(module, out) -> None:
-    """Run the backward of ``out`` once (compiling it) without touching any ``.grad``."""
+def _trial_step(module, fn, args, kwargs) -> None:
+    """One forward and backward of ``fn`` (compiling both), leaving no ``.grad`` and no random draw behind."""
     from torch.nn.parallel import DistributedDataParallel
 
     if isinstance(module, DistributedDataParallel) or not isinstance(module, torch.nn.Module):
         return
     params = [p for p in module.parameters() if p.requires_grad]
-    outs = [t for t in _tensors(out) if t.requires_grad]
-    if params and outs:
-        total = sum(t.float().sum() for t in outs)
-        torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+    cuda = sorted({t.device.index or 0 for t in _tensors(list(args) + list(kwargs.values())) + params if t.is_cuda})
+    with torch.random.fork_rng(devices=cuda):
+        outs = [t for t in _tensors(fn(*args, **kwargs)) if t.requires_grad]
+        if params and outs:
+            torch.autograd.grad(sum(t.float().sum() for t in outs), params, allow_unused=True)
 
 
 def _first_line(e: BaseException) -> str:
@@ -189,9 +192,9 @@ class CompiledModel:
         before = _cache_counts()
         try:
             t0 = time.perf_counter()
-            out = self.compiled(*args, **kwargs)
             if torch.is_grad_enabled():
-                _trial_backward(self.module, out)
+                _trial_step(self.module, self.compiled, args, kwargs)
+            out = self.compiled(*args, **kwargs)
             _sync(out)
             seconds = time.perf_counter() - t0
         except Exception as e:   # dynamo, inductor, the C++ toolchain: any failure means eager

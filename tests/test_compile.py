@@ -179,3 +179,28 @@ def test_a_backward_compile_failure_is_caught_on_the_first_training_call():
     out.square().mean().backward()        # the eager graph: no failure
     assert cm.report.status == "eager" and "backward graph failed to compile" in logs[-1]
     assert all(p.grad is not None for p in net.parameters())
+
+
+class DropoutNet(TinyNet):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x, t):
+        return self.drop(super().forward(x, t))
+
+
+def test_the_trial_step_leaves_no_gradient_and_no_random_draw_behind():
+    """The first training call's trial forward/backward runs under fork_rng: the call's dropout mask is the one
+    an eager call would draw, and no .grad is accumulated by the trial."""
+    net = DropoutNet().train()
+    x, t = _inputs()
+    calls = []
+    cm, _ = _with_compiled(lambda *a: (calls.append(1), net(*a))[1], net=net)
+    torch.manual_seed(7)
+    out = cm(x, t)
+    torch.manual_seed(7)
+    ref = net(x, t)
+    assert len(calls) == 2                      # the trial and the call itself
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert all(p.grad is None for p in net.parameters())
