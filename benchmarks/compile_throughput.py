@@ -125,7 +125,8 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict:
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
     return dict(preset=preset, batch=batch, params=b.params, fl_fwd=fl_fwd, fl_train=fl_train, repeats=repeats,
                 compile_train_s=compile_train_s, compile_infer_s=compile_infer_s, ok=ok,
-                max_diff=cm_infer.report.max_abs_diff, cache=cache, messages=messages, train={k: med(v) for k, v in train.items()},
+                max_diff=cm_infer.report.max_abs_diff, cache=cache, messages=messages,
+                train={k: med(v) for k, v in train.items()},
                 infer={k: med(v) for k, v in infer.items()}, load=(min(loads), statistics.median(loads), max(loads)))
 
 

@@ -252,8 +252,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer DDIM step counts")
     ap.add_argument("--max-nfe", type=int, default=None, help="only rows with at most this many network evaluations")
     ap.add_argument("--min-nfe", type=int, default=0, help="only rows with at least this many network evaluations")
-    ap.add_argument("--tag", default=None, help="a name for this model's table: section '## Sampler quality (<dataset>, "
-                                                "<tag>)' and its own JSON / plot, beside the untagged one")
+    ap.add_argument("--tag", default=None, help="a name for this model's table: section '## Sampler quality "
+                                                "(<dataset>, <tag>)' and its own JSON / plot, beside the untagged one")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
     ap.add_argument("--only", default=None, help="re-measure only rows whose label contains this text (alternatives "
                                                  "separated by |); the other rows come from the previous run's JSON")
@@ -330,7 +330,8 @@ def main(argv=None):
              "| sampler | implementation | NFE | FD | FD / floor | seconds |", "|---|---|---|---|---|---|"]
     for r in sorted(table, key=lambda r: (r["impl"] != "difflab", r["sampler"], r["nfe"])):
         if r["fd"] is None:
-            lines.append(f"| {r['sampler']} | {r['impl']} | {r['nfe']} | failed: {r['error']} | - | {r['seconds']:.0f} |")
+            lines.append(f"| {r['sampler']} | {r['impl']} | {r['nfe']} | failed: {r['error']} | - | "
+                         f"{r['seconds']:.0f} |")
             continue
         lines.append(f"| {r['sampler']} | {r['impl']} | {r['nfe']} | {r['fd']:.3f} | {r['fd'] / floor:.2f} | "
                      f"{r['seconds']:.0f} |")
