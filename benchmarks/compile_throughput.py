@@ -16,7 +16,9 @@ medians:
   evaluation (a sample at N NFE costs N of them; a classifier-free guided step is 2 images' worth).
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the eager module; "% of peak" is
-the achieved FLOP rate over the best fp32 matmul rate measured in the same run (before and after).
+the achieved FLOP rate over the best fp32 matmul rate measured in the same run (before, after, and
+once in every repeat, so that a matmul measured while another job held the core does not set the
+peak).
 The 1-minute load average is recorded beside the figures: above the thread count the machine was
 shared and the figures are disturbed. Writes the "## Compiled vs eager" section of RESULTS.md.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 
@@ -109,7 +112,7 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict:
     fns = {"eager": b.module, "compiled": (cm_train, cm_infer) if ok else None}
     train = {k: [] for k in fns}
     infer = {k: [] for k in fns}
-    loads = [os.getloadavg()[0]]
+    loads, peaks = [os.getloadavg()[0]], []
     order = list(fns)
     for r in range(repeats):
         for k in (order if r % 2 == 0 else order[::-1]):
@@ -118,6 +121,7 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict:
             f_train, f_infer = (fns[k], fns[k]) if k == "eager" else fns[k]
             train[k].append(batch / timed(lambda: b.train_step(f_train)))
             infer[k].append(batch / timed(lambda: b.forward(f_infer)))
+        peaks.append(matmul_peak(repeats=3)[0])
         loads.append(os.getloadavg()[0])
         print(f"[{preset}] repeat {r + 1}/{repeats}: " + ", ".join(
             f"{k} train {train[k][-1]:.1f} img/s sample {infer[k][-1]:.1f} img/s" for k in fns if train[k]),
@@ -127,7 +131,8 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict:
                 compile_train_s=compile_train_s, compile_infer_s=compile_infer_s, ok=ok,
                 max_diff=cm_infer.report.max_abs_diff, cache=cache, messages=messages,
                 train={k: med(v) for k, v in train.items()},
-                infer={k: med(v) for k, v in infer.items()}, load=(min(loads), statistics.median(loads), max(loads)))
+                infer={k: med(v) for k, v in infer.items()}, load=(min(loads), statistics.median(loads), max(loads)),
+                peaks=peaks)
 
 
 def break_even_minutes(compile_s: float, eager: float, compiled: float) -> float:
@@ -197,8 +202,9 @@ def main() -> None:
     peak_before = matmul_peak()
     results = [run_preset(p, args.batch or BATCH[p], args.repeats or REPEATS[p]) for p in presets]
     peak_after = matmul_peak()
-    peak = (max(peak_before[0], peak_after[0]), statistics.median([peak_before[1], peak_after[1]]))
-    command = "python " + " ".join(["benchmarks/compile_throughput.py"] + sys.argv[1:])
+    during = [p for r in results for p in r["peaks"]]
+    peak = (max([peak_before[0], peak_after[0], *during]), statistics.median([peak_before[1], peak_after[1], *during]))
+    command = "python " + shlex.join(["benchmarks/compile_throughput.py"] + sys.argv[1:])
     text = render(results, peak, args.threads, command, args.note)
     print(text)
     if not args.no_write:
