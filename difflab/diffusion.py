@@ -187,6 +187,13 @@ class GaussianDiffusion:
         return (self.extract("sqrt_alphas_cumprod", t, x_0) * x_0
                 + self.extract("sqrt_one_minus_alphas_cumprod", t, x_0) * noise)
 
+    def q_step(self, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One step of the forward chain, x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)
+        (DDPM eq. 2); ``t`` steps applied one by one give the marginal that :meth:`q_sample` draws."""
+        self.check_t(t, x_prev)
+        return (torch.sqrt(self.extract("alphas", t, x_prev)) * x_prev
+                + torch.sqrt(self.extract("betas", t, x_prev)) * noise)
+
     def q_posterior_mean_variance(self, x_0, x_t, t):
         """q(x_{t-1} | x_t, x_0) = N(mu-tilde_t, beta-tilde_t I)  (DDPM eqs. 6-7)."""
         if x_0.shape != x_t.shape:

@@ -214,3 +214,48 @@ def test_model_output_shape_mismatch():
     with pytest.raises(ValueError, match="6 channels"):
         d.with_options(variance="learned").p_mean_variance(lambda x, t: x, torch.zeros(2, 3, 4, 4),
                                                            torch.tensor([1, 2]))
+
+
+def test_q_step_chain_gives_the_closed_form_marginal():
+    d = diff()
+    x0 = torch.randn(3, 2, dtype=D64)
+    # without noise, t steps scale x_0 by prod sqrt(alpha_s) = sqrt(abar_t)
+    x = x0
+    for i in range(400):
+        x = d.q_step(x, torch.full((3,), i), torch.zeros_like(x))
+    torch.testing.assert_close(x, math.sqrt(d.terms.alphas_cumprod[399]) * x0, rtol=1e-12, atol=0)
+    # with noise, the chain's x_t has the mean and variance of q(x_t | x_0) (DDPM eq. 4)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.full((20000, 1), -0.8, dtype=D64)
+    x = x0
+    for i in range(300):
+        x = d.q_step(x, torch.full((20000,), i), torch.randn(20000, 1, generator=g, dtype=D64))
+    mean, var, _ = d.q_mean_variance(x0[:1], torch.tensor([299]))
+    assert float(x.mean()) == pytest.approx(float(mean), abs=0.02)
+    assert float(x.var()) == pytest.approx(float(var), rel=0.03)
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_bound_term_is_the_eps_error_weighted_by_eq12(variance):
+    from difflab.losses import LOG2
+    from difflab.schedules import eps_bound_weights
+
+    d = diff(variance=variance)
+    lam = eps_bound_weights(d.terms, variance)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 5, generator=g, dtype=D64) * 2 - 1
+    eps = torch.randn(6, 5, generator=g, dtype=D64)
+    t = torch.tensor([1, 2, 50, 300, 700, 999])
+    x_t = d.q_sample(x0, t, eps)
+    terms = []
+    for scale in (0.0, 0.1, 0.3):
+        err = scale * torch.randn(6, 5, generator=g, dtype=D64)
+        vb, _ = d.vb_term(None, x0, x_t, t, model_output=eps + err)
+        terms.append(vb - torch.as_tensor(lam[t.numpy()]) * (err**2).mean(1) / LOG2)
+    # what remains after removing lambda_t ||eps - eps_theta||^2 does not depend on the error
+    torch.testing.assert_close(terms[1], terms[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(terms[2], terms[0], rtol=1e-9, atol=1e-12)
+    if variance == "fixed_small":   # and is zero when sigma_t^2 is the posterior's variance
+        torch.testing.assert_close(terms[0], torch.zeros(6, dtype=D64), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="fixed variance"):
+        eps_bound_weights(d.terms, "learned")
