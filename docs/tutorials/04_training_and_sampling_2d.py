@@ -105,6 +105,7 @@ for row, (name, run) in enumerate((("learned", learned_run), ("exact", exact_run
         ax.set_xlim(-3, 3)
         ax.set_ylim(-3, 3)
 fig.tight_layout()
+fig.savefig(OUT / "ddpm_snapshots.png", dpi=70)     # the README's figure
 plt.show()
 
 viz.plot_trajectories_2d(learned_run.trajectory, OUT / "trajectories.png", max_paths=25, data=data,
