@@ -20,8 +20,14 @@ def _role(match: re.Match) -> str:
     return f"`{target.split('.')[-1] if tilde else target}`"
 
 
-def _fence(block: list[str], indent: str) -> list[str]:
-    return ["", f"{indent}```text", *(line.replace("`", "") for line in block), f"{indent}```", ""]
+def _plain(line: str, pad: bool) -> str:
+    """A line without its markup; in a table, padded so that the columns stay aligned."""
+    line = ROLE.sub(lambda m: m.group(2) + " " * (len(m.group(0)) - len(m.group(2))) if pad else m.group(2), line)
+    return re.sub(r"``([^`]+)``", lambda m: m.group(1) + ("    " if pad else ""), line)
+
+
+def _fence(block: list[str], indent: str, pad: bool = True) -> list[str]:
+    return ["", f"{indent}```text", *(_plain(line, pad) for line in block), f"{indent}```", ""]
 
 
 def _tables(lines: list[str]) -> list[str]:
@@ -58,7 +64,7 @@ def _headings(lines: list[str]) -> list[str]:
                 block.append(lines[j])
                 j += 1
             if block and 2 * sum(bool(re.search(r"\S\s{2,}\S", b)) for b in block) >= len(block):
-                out += _fence(block, "")
+                out += _fence(block, "", pad=False)
                 i = j
             else:
                 i += 1
@@ -80,17 +86,21 @@ def _escape_brackets(text: str) -> str:
     return "\n".join(out)
 
 
-def rst_to_markdown(text: str) -> str:
+def _inline(text: str) -> str:
     text = ROLE.sub(_role, text)
     text = re.sub(r"``([^`]+)``", r"`\1`", text)
     text = re.sub(r"(\S)::[ \t]*$", r"\1:", text, flags=re.M)   # "the signature::" -> "the signature:"
     text = re.sub(r"^[ \t]*::[ \t]*$", "", text, flags=re.M)
+    return _escape_brackets(text)
+
+
+def rst_to_markdown(text: str) -> str:
     lines = _headings(_tables(text.split("\n")))
     fenced, result, block = False, [], []
-    for line in lines:                      # escape brackets outside fenced blocks only
+    for line in lines:                      # inline markup is converted outside fenced blocks only
         if line.lstrip().startswith("```"):
             if not fenced:
-                result.append(_escape_brackets("\n".join(block)))
+                result.append(_inline("\n".join(block)))
                 block = []
             result.append(line)
             fenced = not fenced
@@ -98,7 +108,7 @@ def rst_to_markdown(text: str) -> str:
             result.append(line)
         else:
             block.append(line)
-    result.append(_escape_brackets("\n".join(block)))
+    result.append(_inline("\n".join(block)))
     return "\n".join(result)
 
 
