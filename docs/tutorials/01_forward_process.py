@@ -161,6 +161,7 @@ assert np.mean(snr["linear"] < 0.01) > 0.3 and np.mean(snr["cosine"] < 0.01) < 0
 # gives MNIST from its four `.gz` files the same way). Images are scaled to $[-1, 1]$, the range
 # the forward process assumes: a pixel's variance then stays at about 1 all along the chain.
 # The command line draws the same grid: `difflab show-forward --dataset digits --out forward.png`.
+# The columns are labelled with the array index (the paper's step is one more).
 
 # %%
 digits = load_dataset("digits", split="test")
