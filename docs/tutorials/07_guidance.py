@@ -27,8 +27,8 @@
 #   $\tilde\epsilon = (1+w)\,\epsilon_\theta(x_t, y) - w\,\epsilon_\theta(x_t, \varnothing)$ (CFG eq. 6).
 #
 # In difflab both are *wrappers* (`difflab.guidance`): they take a model function and return a
-# guided model function that any sampler accepts. On a mixture of three Gaussians, with the
-# component as the class, everything can be measured exactly.
+# guided model function that any sampler accepts. On a mixture of three overlapping Gaussians,
+# with the component as the class, everything can be measured exactly.
 
 # %%
 import os
@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from difflab import DiffusionConfig
-from difflab.data import mixture_params
 from difflab.exact import GaussianMixture
 from difflab.guidance import classifier_free, classifier_guidance, null_label
 from difflab.nn.mlp import ToyMLP, ToyMLPConfig
@@ -54,8 +53,8 @@ PER_CLASS = 300 if FAST else 1000
 K = 3
 diffusion = DiffusionConfig(schedule="linear", num_timesteps=1000, prediction="eps").build()
 abar = torch.as_tensor(diffusion.terms.alphas_cumprod)
-w_, means, covs = mixture_params("gaussian_mixture")
-mixture = GaussianMixture(means, covs, w_)
+# three overlapping classes: even the best classifier of clean points is right only ~85% of the time
+mixture = GaussianMixture(means=[[-1.0, -0.5], [1.0, -0.5], [0.0, 1.0]], covs=[0.45, 0.45, 0.45])
 
 # %% [markdown]
 # ## The exact models
@@ -194,13 +193,13 @@ for name, (strengths, points) in curves.items():
 # same trade-off on MNIST).
 
 # %%
-shown = [("exact, classifier-free", 0.0), ("exact, classifier-free", 4.0), ("trained, classifier-free", 1.0),
-         ("trained, classifier-free", 4.0), ("trained, classifier guidance", 0.0), ("trained, classifier guidance", 4.0)]
-fig, axes = plt.subplots(1, len(shown), figsize=(18, 3.4), sharex=True, sharey=True)
-for ax, key in zip(axes, shown):
+shown = [("exact, classifier-free", 0.0), ("trained, classifier-free", 0.0), ("trained, classifier guidance", 0.0),
+         ("exact, classifier-free", 4.0), ("trained, classifier-free", 4.0), ("trained, classifier guidance", 4.0)]
+fig, axes = plt.subplots(2, 3, figsize=(11, 7.5), sharex=True, sharey=True)
+for ax, key in zip(axes.ravel(), shown):
     s = SAMPLES[key]
     ax.scatter(s[:, 0], s[:, 1], s=1, c=labels, cmap="brg")
-    ax.set_title(f"{key[0]}\nstrength {key[1]:g}", fontsize=8)
+    ax.set_title(f"{key[0]}, strength {key[1]:g}", fontsize=9)
     ax.set_xlim(-3, 3)
     ax.set_ylim(-3, 3)
     ax.set_aspect("equal")
@@ -212,11 +211,12 @@ for name, (strengths, points) in curves.items():
     acc, div = zip(*points)
     assert acc[2] >= acc[0] and acc[3] > 0.97, name                 # stronger guidance, more accurate
 exact_acc, exact_div = zip(*curves["exact, classifier-free"][1])
-assert np.all(np.diff(exact_div) < 0) and exact_div[-1] < 0.5 * exact_div[0]    # ... and less diverse
+assert np.all(np.diff(exact_div) < 0) and exact_div[-1] < 0.6 * exact_div[0]    # ... and less diverse
+assert exact_acc[0] < 0.9                                                    # the classes overlap
 cfg_acc, cfg_div = zip(*curves["trained, classifier-free"][1])
 assert cfg_div[2] < 0.8 * cfg_div[0]
 cg_acc, cg_div = zip(*curves["trained, classifier guidance"][1])
-assert abs(cg_acc[0] - 1 / 3) < 0.1 and cg_div[-1] < 0.8 * cg_div[2]       # chance without guidance
+assert abs(cg_acc[0] - 1 / 3) < 0.1 and cg_div[-1] < cg_div[2]              # chance without guidance
 
 # %% [markdown]
 # Guidance strength has two conventions: difflab's `classifier_free(..., w)` uses the CFG paper's
