@@ -126,6 +126,7 @@ class AutoencoderTask(Task):
 
     config_name = AE_CONFIG_NAME
     desc = "train autoencoder"
+    sample_tag = "reconstructions"
     result_class = AutoencoderTrainResult
 
     def __init__(self, config: AutoencoderRunConfig, dataset=None, eval_dataset=None):
@@ -233,6 +234,7 @@ class AutoencoderTask(Task):
         result.quality = doc
         result.quality_json = write_text_atomic(result.run_dir / RECONSTRUCTION_JSON, json.dumps(doc, indent=2) + "\n")
         result.reconstructions = reconstruction_grid(model, held[:8], result.run_dir / "reconstructions.png")
+        self.env.log_figure(self.sample_tag, result.reconstructions)
 
 
 def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | os.PathLike, *, resume: bool | str = False,
