@@ -30,6 +30,7 @@ Layout of an autoencoder run folder::
         training_state.pt                    optimisers, generator, data position, step
         autoencoder.yaml                     the config that produced it
     RUN_DIR/metrics.jsonl, metrics.csv, loss.png
+    RUN_DIR/tensorboard/                     TensorBoard event files (train.tensorboard)
     RUN_DIR/reconstruction.json, reconstructions.png
 """
 

@@ -21,6 +21,7 @@ Layout of a classifier run folder::
         training_state.pt                    optimiser, generator, data position, step
         classifier.yaml                      the config that produced it
     RUN_DIR/metrics.jsonl, metrics.csv, loss.png
+    RUN_DIR/tensorboard/                     TensorBoard event files (train.tensorboard)
     RUN_DIR/accuracy.json, accuracy.md       held-out accuracy per noise level (timestep bucket)
     RUN_DIR/accuracy.png                     the same as a bar chart
     RUN_DIR/samples/step_00000500.png        with train.sample_every: the chart at that step (and rows
