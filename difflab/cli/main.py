@@ -18,6 +18,8 @@ from typing import Callable
 from ..config import ConfigError
 from .common import PROG, UsageError, Parser
 from .evaluate import add_eval_arguments, run_eval
+from .interop import (add_export_diffusers_arguments, add_import_diffusers_arguments, run_export_diffusers,
+                      run_import_diffusers)
 from .misc import (
     add_config_arguments,
     add_show_forward_arguments,
@@ -55,6 +57,10 @@ COMMANDS: list[Command] = [
     Command("config", "print the resolved run config (preset + file + overrides)", add_config_arguments, run_config),
     Command("toy", "train and sample a 2-D toy model in seconds (scatter, trajectory and loss plots)",
             add_toy_arguments, run_toy),
+    Command("export-diffusers", "write a run as a diffusers pipeline folder (DDPMPipeline / DDIMPipeline)",
+            add_export_diffusers_arguments, run_export_diffusers),
+    Command("import-diffusers", "turn a diffusers UNet2DModel + scheduler folder into a difflab run",
+            add_import_diffusers_arguments, run_import_diffusers),
 ]
 
 
