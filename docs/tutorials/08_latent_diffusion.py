@@ -48,8 +48,8 @@ from difflab import viz
 
 FAST = os.environ.get("DIFFLAB_TUTORIAL_FAST") == "1"
 OUT = Path(os.environ.get("DIFFLAB_TUTORIAL_OUT", Path(tempfile.gettempdir()) / "difflab-tutorials")) / "08"
-AE_STEPS = 300 if FAST else 1500
-LDM_STEPS = 800 if FAST else 4000
+AE_STEPS = 200 if FAST else 1500
+LDM_STEPS = 500 if FAST else 4000
 BATCH = 64
 torch.manual_seed(0)
 gen = torch.Generator().manual_seed(0)
@@ -144,7 +144,7 @@ for step in range(LDM_STEPS):
     opt.step()
     sched.step()
     losses.append(loss.item())
-    if (step + 1) % 200 == 0:
+    if (step + 1) % 100 == 0:
         print(f"step {step + 1}: loss {np.mean(losses[-200:]):.4f}")
 unet.eval()
 text_encoder.eval()
