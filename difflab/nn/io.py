@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .classifier import ClassifierConfig, EncoderClassifier
+from .levels import resolution_levels
 from .unet import UNet, UNetConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -152,8 +153,8 @@ def diffusers_unet2d_kwargs(config: UNetConfig) -> dict:
         raise ValueError(f"no diffusers UNet2DModel equivalent for: {', '.join(unsupported)}")
     widths = tuple(config.model_channels * m for m in config.channel_mult)
     levels = len(widths)
-    res = [config.image_size // 2**i for i in range(levels)]
-    attn = [r in config.attention_resolutions for r in res]
+    attn_levels = resolution_levels(config.attention_resolutions, config.image_size, levels)
+    attn = [level in attn_levels for level in range(levels)]
     if config.num_head_channels != -1:
         head_dim = config.num_head_channels
     elif config.num_heads == 1:
@@ -196,7 +197,7 @@ def convert_diffusers_unet2d(state_dict: dict[str, torch.Tensor], config: UNetCo
         take(f"{src}.to_out.0", f"{dst}.proj_out")
 
     n, levels = config.num_res_blocks, len(config.channel_mult)
-    res = [config.image_size // 2**i for i in range(levels)]
+    attn_levels = resolution_levels(config.attention_resolutions, config.image_size, levels)
     take("time_embedding.linear_1", "time_embed.linear_1")
     take("time_embedding.linear_2", "time_embed.linear_2")
     take("conv_in", "input_blocks.0.0")
@@ -204,7 +205,7 @@ def convert_diffusers_unet2d(state_dict: dict[str, torch.Tensor], config: UNetCo
         for i in range(n):
             dst = f"input_blocks.{1 + level * (n + 1) + i}"
             resnet(f"down_blocks.{level}.resnets.{i}", f"{dst}.0")
-            if res[level] in config.attention_resolutions:
+            if level in attn_levels:
                 attention(f"down_blocks.{level}.attentions.{i}", f"{dst}.1")
         if level != levels - 1:
             take(f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{1 + level * (n + 1) + n}.0.conv")
@@ -212,7 +213,7 @@ def convert_diffusers_unet2d(state_dict: dict[str, torch.Tensor], config: UNetCo
     attention("mid_block.attentions.0", "middle_block.1")
     resnet("mid_block.resnets.1", "middle_block.2")
     for j in range(levels):                       # j-th up block works at level levels-1-j
-        has_attn = res[levels - 1 - j] in config.attention_resolutions
+        has_attn = levels - 1 - j in attn_levels
         for i in range(n + 1):
             dst = f"output_blocks.{j * (n + 1) + i}"
             resnet(f"up_blocks.{j}.resnets.{i}", f"{dst}.0")

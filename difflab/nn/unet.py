@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import SelfAttention2d, SpatialTransformer, resolve_heads, zero_module
 from .embeddings import ClassEmbedding, TimestepEmbedding
+from .levels import resolution_levels
 
 # ----------------------------------------------------------------------------------------
 # Config
@@ -37,11 +38,6 @@ from .embeddings import ClassEmbedding, TimestepEmbedding
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def level_resolutions(image_size: int, num_levels: int) -> list[int]:
-    """Spatial size at each level: ``image_size / 2**i``."""
-    return [image_size // 2**i for i in range(num_levels)]
 
 
 def validate_encoder_fields(cfg: Any) -> None:
@@ -66,12 +62,7 @@ def validate_encoder_fields(cfg: Any) -> None:
         ch = cfg.model_channels * m
         if ch % cfg.norm_groups:
             raise ValueError(f"channel width {ch} is not divisible by norm_groups={cfg.norm_groups}")
-    resolutions = level_resolutions(cfg.image_size, levels)
-    if not isinstance(cfg.attention_resolutions, tuple):
-        raise ValueError(f"attention_resolutions must be a tuple, got {cfg.attention_resolutions!r}")
-    bad = [r for r in cfg.attention_resolutions if r not in resolutions]
-    if bad:
-        raise ValueError(f"attention_resolutions {bad} are not level resolutions; allowed: {resolutions}")
+    resolution_levels(cfg.attention_resolutions, cfg.image_size, levels, "attention_resolutions")
     if cfg.num_head_channels != -1:
         _check_int("num_head_channels (or -1)", cfg.num_head_channels, 1)
     _check_int("num_heads", cfg.num_heads, 1)
@@ -107,9 +98,10 @@ class ConfigMixin:
 class UNetConfig(ConfigMixin):
     """Architecture of a ``UNet``; validated on construction (``ValueError`` says what is wrong).
 
-    Resolutions (``attention_resolutions``, ``cross_attention_resolutions``) are pixel sizes
-    of levels: ``image_size / 2**level``; ``image_size`` must be divisible by
-    ``2**(len(channel_mult) - 1)``. Level ``i`` has ``model_channels * channel_mult[i]``
+    Resolutions (``attention_resolutions``, ``cross_attention_resolutions``) name levels, which
+    work at ``image_size / 2**level`` pixels: as fractions of the image size (``"1/4"``: the
+    form that survives a change of ``image_size``) or as pixel sizes (``7``); see
+    ``difflab.nn.levels``. ``image_size`` must be divisible by ``2**(len(channel_mult) - 1)``. Level ``i`` has ``model_channels * channel_mult[i]``
     channels. Heads: ``num_head_channels`` channels per head when it is not -1, else
     ``num_heads`` heads. The middle block has self-attention when ``mid_attention`` and a
     cross-attention transformer whenever ``context_dim`` is set.
@@ -121,7 +113,7 @@ class UNetConfig(ConfigMixin):
     model_channels: int = 128
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)
     num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (16,)   # pixel resolutions with self-attention
+    attention_resolutions: tuple[int | str, ...] = (16,)   # levels with self-attention: "1/F" or pixels
     mid_attention: bool = True                # self-attention in the middle block
     num_heads: int = 1
     num_head_channels: int = -1              # -1 = use num_heads
@@ -129,7 +121,7 @@ class UNetConfig(ConfigMixin):
     num_classes: int | None = None           # None = unconditional
     cond_channels: int = 0                   # channels of an image concatenated to x_t
     context_dim: int | None = None           # None = no cross-attention
-    cross_attention_resolutions: tuple[int, ...] = ()
+    cross_attention_resolutions: tuple[int | str, ...] = ()
     transformer_depth: int = 1
     resblock_updown: bool = False
     use_scale_shift_norm: bool = False
@@ -152,11 +144,8 @@ class UNetConfig(ConfigMixin):
                 raise ValueError("cross_attention_resolutions is set but context_dim is None; set context_dim")
         else:
             _check_int("context_dim (or None)", self.context_dim, 1)
-            resolutions = level_resolutions(self.image_size, len(self.channel_mult))
-            bad = [r for r in self.cross_attention_resolutions if r not in resolutions]
-            if bad:
-                raise ValueError(
-                    f"cross_attention_resolutions {bad} are not level resolutions; allowed: {resolutions}")
+            resolution_levels(self.cross_attention_resolutions, self.image_size, len(self.channel_mult),
+                              "cross_attention_resolutions")
 
     @property
     def resolved_out_channels(self) -> int:
@@ -316,11 +305,15 @@ def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None =
     Returns ``(blocks, skip_channels, out_channels)``; ``skip_channels[i]`` is the width of
     the output of ``blocks[i]``.
     """
-    def attn_layers(ch, res):
+    num_levels = len(cfg.channel_mult)
+    self_levels = resolution_levels(cfg.attention_resolutions, cfg.image_size, num_levels)
+    cross_levels = resolution_levels(cross_resolutions, cfg.image_size, num_levels, "cross_attention_resolutions")
+
+    def attn_layers(ch, level):
         layers = []
-        if res in cfg.attention_resolutions:
+        if level in self_levels:
             layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups))
-        if context_dim is not None and res in cross_resolutions:
+        if context_dim is not None and level in cross_levels:
             layers.append(SpatialTransformer(ch, context_dim, cfg.num_heads, cfg.num_head_channels,
                                              transformer_depth, cfg.norm_groups))
         return layers
@@ -328,13 +321,12 @@ def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None =
     ch = cfg.model_channels
     blocks = nn.ModuleList([Block([nn.Conv2d(in_channels, ch, 3, padding=1)])])
     skip_channels = [ch]
-    res = cfg.image_size
     for level, mult in enumerate(cfg.channel_mult):
         for _ in range(cfg.num_res_blocks):
             out = cfg.model_channels * mult
             layers = [ResBlock(ch, emb_dim, out, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups)]
             ch = out
-            layers += attn_layers(ch, res)
+            layers += attn_layers(ch, level)
             blocks.append(Block(layers))
             skip_channels.append(ch)
         if level != len(cfg.channel_mult) - 1:
@@ -342,7 +334,6 @@ def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None =
                     if cfg.resblock_updown else Downsample(ch))
             blocks.append(Block([down]))
             skip_channels.append(ch)
-            res //= 2
     return blocks, skip_channels, ch
 
 
@@ -389,22 +380,22 @@ class UNet(nn.Module):
 
         self.output_blocks = nn.ModuleList()
         levels = len(cfg.channel_mult)
-        res = cfg.image_size // 2 ** (levels - 1)
+        self_levels = resolution_levels(cfg.attention_resolutions, cfg.image_size, levels)
+        cross_levels = resolution_levels(cfg.cross_attention_resolutions, cfg.image_size, levels)
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
                 out = cfg.model_channels * mult
                 layers = [ResBlock(ch + skip_channels.pop(), emb_dim, out, cfg.dropout,
                                    cfg.use_scale_shift_norm, cfg.norm_groups)]
                 ch = out
-                if res in cfg.attention_resolutions:
+                if level in self_levels:
                     layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups))
-                if cfg.context_dim is not None and res in cfg.cross_attention_resolutions:
+                if cfg.context_dim is not None and level in cross_levels:
                     layers.append(SpatialTransformer(ch, cfg.context_dim, cfg.num_heads, cfg.num_head_channels,
                                                      cfg.transformer_depth, cfg.norm_groups))
                 if level and i == cfg.num_res_blocks:
                     layers.append(ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm,
                                            cfg.norm_groups, "up") if cfg.resblock_updown else Upsample(ch))
-                    res *= 2
                 self.output_blocks.append(Block(layers))
         assert not skip_channels
         self.out_norm = nn.GroupNorm(cfg.norm_groups, ch)
