@@ -18,6 +18,7 @@ from typing import Callable
 from ..config import ConfigError
 from .common import PROG, UsageError, _Parser
 from .evaluate import add_eval_arguments, run_eval
+from .make_dataset import add_make_dataset_arguments, run_make_dataset
 from .misc import (
     add_config_arguments,
     add_show_forward_arguments,
@@ -55,6 +56,8 @@ COMMANDS: list[Command] = [
     Command("config", "print the resolved run config (preset + file + overrides)", add_config_arguments, run_config),
     Command("toy", "train and sample a 2-D toy model in seconds (scatter, trajectory and loss plots)",
             add_toy_arguments, run_toy),
+    Command("make-dataset", "write a test dataset as a folder of PNG files (colored-mnist)",
+            add_make_dataset_arguments, run_make_dataset),
 ]
 
 
