@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from .common import PROG, UsageError, _Parser, _positive, _say
+from .eval_featurizer import add_train_featurizer_parser
 from .sample import _add_guidance_arguments, _guided_from_args, _sample_labels
 
 
@@ -66,11 +67,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                           "with clipping (default: the unclipped model)")
     nll.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval)")
     nll.set_defaults(eval_run=run_eval_nll)
+    add_train_featurizer_parser(sub)
 
 
 def run_eval(args) -> int:
     if getattr(args, "eval_run", None) is None:
-        raise UsageError(f"choose a metric: fd, nll (see '{PROG} eval --help')")
+        raise UsageError(f"choose a metric: fd, nll, or train-featurizer (see '{PROG} eval --help')")
     return args.eval_run(args)
 
 

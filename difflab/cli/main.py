@@ -49,7 +49,8 @@ COMMANDS: list[Command] = [
             add_train_classifier_arguments, run_train_classifier),
     Command("train-autoencoder", "train the KL autoencoder of latent diffusion (reports held-out PSNR)",
             add_train_autoencoder_arguments, run_train_autoencoder),
-    Command("eval", "evaluate a run: fd (Frechet distance, precision/recall, class accuracy), nll (bits/dim)",
+    Command("eval", "evaluate a run: fd (Frechet distance, precision/recall, class accuracy), nll (bits/dim); "
+                    "train-featurizer (the evaluation classifier of your own labelled images)",
             add_eval_arguments, run_eval),
     Command("show-forward", "show the forward (noising) process on real images", add_show_forward_arguments,
             run_show_forward),
