@@ -96,6 +96,8 @@ def _eval_featurizer(args, dataset: str, key: str, train_ds, device):
     from ..eval import (
         ClassifierFeaturizer,
         EvalClassifierConfig,
+        classifier_side,
+        default_classifier_epochs,
         default_classifier_path,
         load_eval_classifier,
         load_or_train_eval_classifier,
@@ -112,8 +114,8 @@ def _eval_featurizer(args, dataset: str, key: str, train_ds, device):
         ds = train_ds()
         if ds.labels is None:
             raise UsageError(f"{ds.name} has no labels to train the evaluation classifier; pass --featurizer-dir")
-        side = max(16, 4 * -(-max(ds.image_size) // 4))
-        epochs = args.eval_classifier_epochs or (30 if len(ds) < 5000 else 3)
+        side = classifier_side(max(ds.image_size))
+        epochs = args.eval_classifier_epochs or default_classifier_epochs(len(ds))
         if not (directory / "model.safetensors").is_file():
             _say(f"training the evaluation classifier on {ds.name} {ds.split} ({len(ds)} images, {epochs} epochs); "
                  f"cached in {directory}")
