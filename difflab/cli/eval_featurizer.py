@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import UsageError, _positive, _say
+from .common import UsageError, check_positive, say
 
 FLOOR_N = 1000
 
@@ -37,14 +37,14 @@ def run_train_featurizer(args) -> int:
     from ..eval import folder_featurizer, plan_featurizer, prepare_reference
     from ..train import resolve_device
 
-    _positive(args, "image_size", "epochs")
+    check_positive(args, "image_size", "epochs")
     fraction = DEFAULT_HOLDOUT_FRACTION if args.holdout_fraction is None else args.holdout_fraction
     seed = DEFAULT_HOLDOUT_SEED if args.holdout_seed is None else args.holdout_seed
     if not 0 < fraction < 1:
         raise UsageError(f"--holdout-fraction must be in (0, 1), got {fraction}")
     root = folder_split_root(args.data, "train")
     facts = inspect_folder(root)
-    _say(facts.describe())
+    say(facts.describe())
     if facts.class_names is None:
         plan = plan_featurizer(labelled=False, cache_dir=args.cache_dir)
         raise UsageError(f"{root} has no class sub-folders, so there is no classifier to train ({plan.message})")
@@ -60,10 +60,10 @@ def run_train_featurizer(args) -> int:
     feat = folder_featurizer(root, split, image_size=image_size, channels=channels, cache_dir=args.cache_dir,
                              epochs=args.epochs, train_ds=train_ds, heldout_ds=heldout_ds,
                              device=resolve_device(args.device), progress=not args.no_progress)
-    _say(feat.describe())
+    say(feat.describe())
     ref = prepare_reference(feat.featurizer, heldout_ds.to_float(), train_ds.to_float(), FLOOR_N, dataset=feat.key)
     f = ref.floor
-    _say(f"floor: {ref.n} training images against the {ref.stats.n} held-out ones: FD {f['fd']:.4g} | precision "
+    say(f"floor: {ref.n} training images against the {ref.stats.n} held-out ones: FD {f['fd']:.4g} | precision "
          f"{f['precision']:.3f} | recall {f['recall']:.3f} | featurizer {feat.featurizer.name} (samples are "
          f"measured the same way, at n={ref.n})")
     return 0

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .common import UsageError, _positive, _say
+from .common import UsageError, check_positive, say
 
 MAKERS = ("colored-mnist",)
 MANIFEST = "colored-mnist.json"
@@ -38,7 +38,7 @@ def run_make_dataset(args) -> int:
     from ..data import load_dataset
     from ..data.colored import MIN_COLOUR_DISTANCE, colored_mnist
 
-    _positive(args, "n", "n_test")
+    check_positive(args, "n", "n_test")
     if args.size < 4:
         raise UsageError(f"--size must be >= 4, got {args.size}")
     if args.seed < 0:
@@ -77,8 +77,8 @@ def run_make_dataset(args) -> int:
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-    _say(f"wrote {written['train']} training and {written['test']} test images ({args.size}x{args.size} RGB) to {out}")
-    _say(f"  train on it: difflab train --preset mnist --out runs/colored-mnist --set data.dataset=folder "
+    say(f"wrote {written['train']} training and {written['test']} test images ({args.size}x{args.size} RGB) to {out}")
+    say(f"  train on it: difflab train --preset mnist --out runs/colored-mnist --set data.dataset=folder "
          f"data.root={out} data.image_size={args.size} data.channels=3 model.image_size={args.size} "
          "model.in_channels=3 data.labels=true model.num_classes=10")
     return 0

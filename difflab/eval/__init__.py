@@ -51,6 +51,7 @@ from difflab.eval.inception import (
     load_fid_inception,
 )
 from difflab.eval.prdc import precision_recall
+from difflab.eval.reconstruction import psnr, reconstruction_quality
 from difflab.eval.reference import HeldoutReference, evaluate_against, format_result, prepare_reference
 from difflab.eval.select import FeaturizerPlan, default_inception_weights, open_featurizer, plan_featurizer
 
@@ -143,6 +144,8 @@ __all__ = [
     "open_featurizer",
     "plan_featurizer",
     "prepare_reference",
+    "psnr",
+    "reconstruction_quality",
     "ClassifierFeaturizer",
     "EvalClassifier",
     "EvalClassifierConfig",

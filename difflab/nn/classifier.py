@@ -18,9 +18,9 @@ from torch import nn
 
 from .attention import resolve_heads
 from .embeddings import TimestepEmbedding
+from .base import ConfigMixin, check_int, validate_encoder_fields
 from .levels import level_resolutions
-from .unet import (ConfigMixin, _check_int, build_encoder, build_middle, prefer_channels_last, run_block,
-                   validate_encoder_fields)
+from .unet import build_encoder, build_middle, prefer_channels_last, run_block
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ClassifierConfig(ConfigMixin):
 
     def __post_init__(self):
         validate_encoder_fields(self)
-        _check_int("num_classes", self.num_classes, 1)
+        check_int("num_classes", self.num_classes, 1)
         if self.pool not in ("attention", "adaptive"):
             raise ValueError(f"pool must be 'attention' or 'adaptive', got {self.pool!r}")
 
