@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .config import RunConfig
+from .config import RunSpec
 from .data.facts import DatasetFacts
 from .nn.cost import training_cost, unet_macs
 from .nn.levels import level_fractions
@@ -247,7 +247,7 @@ def auto_recipe(facts: DatasetFacts, budget_minutes: float, rate: StepRate, devi
               "train.sample_every": 0, "train.checkpoint_every": max(1000, 10 * steps),
               "train.checkpoint_every_minutes": float(min(10.0, max(1.0, round(budget_minutes / 5, 1)))),
               "sample.sampler": "ddim", "sample.steps": SAMPLE_STEPS[kind], "sample.eta": 1.0})
-    reasons.append(f"batch {batch}, lr {o['train.lr']:g} constant after {warmup} warm-up steps (5% of the run), "
+    reasons.append(f"batch {batch}, lr {o['train.lr']:g} constant after {warmup} warm-up steps ({WARMUP_FRACTION:.0%} of the run), "
                    f"EMA decay {o['train.ema_decay']} (an average over ~{1 / (1 - ema):.0f} steps, "
                    f"{EMA_FRACTION:.0%} of the run)")
     reasons.append("v-prediction, min-SNR-5 loss weighting, cosine schedule; DDIM "
@@ -275,8 +275,8 @@ def auto_recipe(facts: DatasetFacts, budget_minutes: float, rate: StepRate, devi
                        f"pretrained encoder, cross-attention at the lowest level, guidance w={w}")
     else:
         o.update({"data.labels": False, "model.num_classes": None})
-        why = "captions need the pretrained text encoder (the 'text' extra)" if facts.captions else \
-            "no class sub-folders"
+        why = ("captions need the pretrained text encoder (the 'text' extra)" if facts.captions else
+               "no class sub-folders" if k is None else "a class sub-folder holds a single image")
         reasons.append(f"unconditional ({why})")
     return Recipe(overrides=o, expected_steps=steps, steps_per_second=sps, reasons=tuple(reasons),
                   warnings=tuple(warnings))
@@ -297,10 +297,11 @@ def ema_profile(decay: float, warmup: bool, steps: int) -> tuple[float, float]:
     return math.exp(log_ramp) * decay ** (steps - m), 1.0 / (1.0 - last)
 
 
-def check_budget(cfg: RunConfig, steps_per_second: float, budget_minutes: float | None = None) -> list[str]:
-    """Human-readable warnings when ``cfg`` cannot work in its budget at ``steps_per_second`` (measured
-    on its own network): a learning-rate warm-up or an EMA horizon longer than the run, or too few
-    steps. ``budget_minutes`` defaults to ``cfg.train.max_minutes`` (0: train.steps alone bounds the run)."""
+def check_budget(cfg: RunSpec, steps_per_second: float, budget_minutes: float | None = None) -> list[str]:
+    """Human-readable warnings when ``cfg`` (a run config of any kind: its ``train`` section) cannot work
+    in its budget at ``steps_per_second`` (measured on its own network): a learning-rate warm-up or an
+    EMA horizon longer than the run, or too few steps. ``budget_minutes`` defaults to
+    ``cfg.train.max_minutes`` (0: train.steps alone bounds the run)."""
     if not (steps_per_second > 0 and math.isfinite(steps_per_second)):
         raise ValueError(f"steps_per_second must be a positive number, got {steps_per_second}")
     tc = cfg.train
@@ -321,7 +322,7 @@ def check_budget(cfg: RunConfig, steps_per_second: float, budget_minutes: float 
                    f"run trains below train.lr; e.g. --set train.warmup_steps={max(1, round(WARMUP_FRACTION * steps))}")
     # (an exponential average keeps e^(-S/H) of the initial weights after S steps of horizon H, so "more than
     # 5% initial weights" is "a horizon longer than a third of the run"; the EMA warm-up keeps H near S / 9)
-    init, _ = ema_profile(tc.ema_decay, tc.ema_warmup, steps)
+    init = 0.0 if tc.ema_decay is None else ema_profile(tc.ema_decay, tc.ema_warmup, steps)[0]   # None: no EMA
     if init > 0.05:
         out.append(f"train.ema_decay={tc.ema_decay} averages over ~{1 / (1 - tc.ema_decay):.0f} steps, longer than "
                    f"{where}: the EMA weights that sampling uses are still {init:.0%} the initial random weights "

@@ -1,11 +1,12 @@
 """The automatic recipe's choices for synthetic datasets, budgets and speeds, and the budget warnings."""
 
 import dataclasses
+import types
 
 import pytest
 import torch
 
-from difflab.config import RunConfig, apply_overrides, get_run_preset, merge, run_config_from_dict
+from difflab.config import RunConfig, TrainSettings, apply_overrides, get_run_preset, merge, run_config_from_dict
 from difflab.data import DatasetFacts
 from difflab.nn.cost import training_cost, unet_macs
 from difflab.recipe import (LADDER, TARGET_STEPS, StepRate, auto_recipe, check_budget, ema_decay_for, ema_profile,
@@ -192,6 +193,9 @@ def test_budget_warnings_for_the_issues_run():
                                         f"of train.steps: the EMA weights that sampling uses are still 22% the "
                                         f"initial random weights at the end; e.g. --set train.ema_decay=0.9333"]
     assert check_budget(short.replace(train=dataclasses.replace(short.train, steps=400)), 1.0) == []
+    # any run kind's train section works; one without an EMA (a classifier's may have none) has no EMA warning
+    no_ema = types.SimpleNamespace(train=TrainSettings(ema_decay=None, steps=150, warmup_steps=5))
+    assert [w for w in check_budget(no_ema, 1.0) if "ema" in w] == []
 
 
 def test_mnist_fast_fits_its_own_budget():
