@@ -26,9 +26,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
-from .config import RunSpec
+from .config import RunConfig, RunSpec, merge, resolve_config, run_config_from_dict
 from .data.facts import DatasetFacts
 from .nn.cost import training_cost, unet_macs
 from .nn.levels import level_fractions
@@ -280,6 +280,14 @@ def auto_recipe(facts: DatasetFacts, budget_minutes: float, rate: StepRate, devi
         reasons.append(f"unconditional ({why})")
     return Recipe(overrides=o, expected_steps=steps, steps_per_second=sps, reasons=tuple(reasons),
                   warnings=tuple(warnings))
+
+
+def recipe_config(recipe: Recipe, data: dict[str, Any], overrides: Iterable[str] = ()) -> RunConfig:
+    """The run config of ``recipe``: the defaults, the recipe's choices, ``data`` (e.g. ``{"dataset":
+    "folder", "root": path}``) and the user's ``section.key=value`` overrides, in that order (so every
+    choice can be overridden)."""
+    base = run_config_from_dict(merge(merge(RunConfig().to_dict(), recipe.nested()), {"data": dict(data)}))
+    return resolve_config(base=base, overrides=overrides)
 
 
 def ema_profile(decay: float, warmup: bool, steps: int) -> tuple[float, float]:

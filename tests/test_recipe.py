@@ -10,7 +10,7 @@ from difflab.config import RunConfig, TrainSettings, apply_overrides, get_run_pr
 from difflab.data import DatasetFacts
 from difflab.nn.cost import training_cost, unet_macs
 from difflab.recipe import (LADDER, TARGET_STEPS, StepRate, auto_recipe, check_budget, ema_decay_for, ema_profile,
-                            guidance_for, network, num_levels, probe_network)
+                            guidance_for, network, num_levels, probe_network, recipe_config)
 from difflab.train import EMA
 
 
@@ -27,10 +27,8 @@ def rate_for(f, device, steps_of_probe, minutes=25):
     return StepRate(model, batch, steps_of_probe / (60 * minutes))
 
 
-def config_of(recipe, root="/data"):
-    d = merge(RunConfig().to_dict(), recipe.nested())
-    d = merge(d, {"data": {"dataset": "folder", "root": root}})
-    return run_config_from_dict(d)
+def config_of(recipe, root="/data", overrides=()):
+    return recipe_config(recipe, {"dataset": "folder", "root": root}, overrides)
 
 
 def test_mnist_like_data_on_a_cpu_gets_mnist_fasts_recipe_from_the_rules():
@@ -56,6 +54,9 @@ def test_mnist_like_data_on_a_cpu_gets_mnist_fasts_recipe_from_the_rules():
                                                                                         "root": "/data"}}),
                                                  r.set_args()))
     assert again == cfg
+    # and the user's overrides win over the recipe's choices
+    mine = config_of(r, overrides=["train.lr=1e-4", "model.model_channels=64"])
+    assert (mine.train.lr, mine.model.model_channels, mine.train.batch_size) == (1e-4, 64, 64)
     assert "32 channels" in r.describe() and "class-conditional on the 10 class folders" in r.describe()
 
 
