@@ -19,6 +19,8 @@ from ..config import ConfigError
 from .common import PROG, UsageError, Parser
 from .evaluate import add_eval_arguments, run_eval
 from .make_dataset import add_make_dataset_arguments, run_make_dataset
+from .interop import (add_export_diffusers_arguments, add_import_diffusers_arguments, run_export_diffusers,
+                      run_import_diffusers)
 from .misc import (
     add_config_arguments,
     add_show_forward_arguments,
@@ -59,6 +61,10 @@ COMMANDS: list[Command] = [
             add_toy_arguments, run_toy),
     Command("make-dataset", "write a test dataset as a folder of PNG files (colored-mnist)",
             add_make_dataset_arguments, run_make_dataset),
+    Command("export-diffusers", "write a run as a diffusers pipeline folder (DDPMPipeline / DDIMPipeline)",
+            add_export_diffusers_arguments, run_export_diffusers),
+    Command("import-diffusers", "turn a diffusers UNet2DModel + scheduler folder into a difflab run",
+            add_import_diffusers_arguments, run_import_diffusers),
 ]
 
 

@@ -14,12 +14,15 @@ from .sampling import add_guidance_arguments, guided_from_args, sample_labels, w
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     from ..samplers import SAMPLERS
+    from ..schedules import SPACINGS
 
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run folder (its latest checkpoint) or a "
                                                                         "checkpoint folder")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the run's sample.sampler")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
     p.add_argument("--eta", type=float, help="stochasticity for samplers with an eta (DDIM: 0 = deterministic)")
+    p.add_argument("--spacing", choices=SPACINGS, help="which timesteps the steps visit (default: the run's "
+                                                       "sample.spacing, else the sampler's own)")
     p.add_argument("--seed", type=int, help="sample i uses seed * 2**20 + i (default: the run's sample.seed)")
     p.add_argument("-n", type=int, help="number of images (default: the run's sample.n)")
     p.add_argument("--batch-size", type=int, help="images per forward pass")
@@ -57,7 +60,8 @@ def run_sample(args) -> int:
     run = load_run(args.checkpoint, use_ema=not args.no_ema, device=device)
     cfg = run.config
     changes = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta),
-                                 ("seed", args.seed), ("n", args.n), ("batch_size", args.batch_size)) if v is not None}
+                                 ("seed", args.seed), ("n", args.n), ("batch_size", args.batch_size),
+                                 ("spacing", args.spacing)) if v is not None}
     if args.no_clip:
         changes["clip_denoised"] = False
     try:

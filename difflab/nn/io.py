@@ -15,7 +15,6 @@ from torch import nn
 
 from ..files import atomic_write
 from .classifier import ClassifierConfig, EncoderClassifier
-from .levels import resolution_levels
 from .unet import UNet, UNetConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -116,101 +115,3 @@ def load_pretrained(directory: str | os.PathLike, expected_config=None, device: 
     check_state_dict(model, tensors, source=str(directory / WEIGHTS_NAME))
     model.load_state_dict(tensors)
     return model.to(device)
-
-
-def diffusers_unet2d_kwargs(config: UNetConfig) -> dict:
-    """Keyword arguments for ``diffusers.UNet2DModel`` building the same network as ``UNet(config)``.
-
-    Only configs whose architecture diffusers' ``UNet2DModel`` can express are accepted:
-    no class/image/text conditioning, conv resampling, additive timestep injection, the
-    same head width at every attention layer and middle-block self-attention.
-    """
-    unsupported = []
-    if config.num_classes is not None or config.cond_channels or config.context_dim is not None:
-        unsupported.append("conditioning (num_classes / cond_channels / context_dim)")
-    if config.resblock_updown:
-        unsupported.append("resblock_updown")
-    if config.use_scale_shift_norm:
-        unsupported.append("use_scale_shift_norm")
-    if not config.mid_attention:
-        unsupported.append("mid_attention=False")
-    if config.num_head_channels == -1 and len({config.model_channels * m for m in config.channel_mult}) > 1 \
-            and config.num_heads != 1:
-        unsupported.append("num_heads with varying widths (diffusers fixes the head width)")
-    if unsupported:
-        raise ValueError(f"no diffusers UNet2DModel equivalent for: {', '.join(unsupported)}")
-    widths = tuple(config.model_channels * m for m in config.channel_mult)
-    levels = len(widths)
-    attn_levels = resolution_levels(config.attention_resolutions, config.image_size, levels)
-    attn = [level in attn_levels for level in range(levels)]
-    if config.num_head_channels != -1:
-        head_dim = config.num_head_channels
-    elif config.num_heads == 1:
-        head_dim = None           # diffusers: one head as wide as the block
-    else:
-        head_dim = widths[0] // config.num_heads
-    out = config.in_channels if config.out_channels is None else config.out_channels
-    return dict(
-        sample_size=config.image_size, in_channels=config.in_channels,
-        out_channels=2 * out if config.learn_sigma else out,
-        block_out_channels=widths, layers_per_block=config.num_res_blocks,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        attention_head_dim=head_dim, norm_num_groups=config.norm_groups, dropout=config.dropout,
-        flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, norm_eps=1e-5,
-    )
-
-
-def convert_diffusers_unet2d(state_dict: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
-    """Rename a ``diffusers.UNet2DModel`` state dict (built with ``diffusers_unet2d_kwargs(config)``,
-    e.g. google/ddpm-cifar10-32) into ``UNet(config)``'s keys. The two networks then compute
-    the same function."""
-    sd = dict(state_dict)
-    out: dict[str, torch.Tensor] = {}
-
-    def take(src: str, dst: str) -> None:
-        for suffix in ("weight", "bias"):
-            if f"{src}.{suffix}" in sd:
-                out[f"{dst}.{suffix}"] = sd.pop(f"{src}.{suffix}")
-
-    def resnet(src: str, dst: str) -> None:
-        for a, b in (("norm1", "norm1"), ("conv1", "conv1"), ("time_emb_proj", "emb_proj"),
-                     ("norm2", "norm2"), ("conv2", "conv2"), ("conv_shortcut", "skip")):
-            take(f"{src}.{a}", f"{dst}.{b}")
-
-    def attention(src: str, dst: str) -> None:
-        take(f"{src}.group_norm", f"{dst}.norm")
-        for suffix in ("weight", "bias"):
-            out[f"{dst}.qkv.{suffix}"] = torch.cat([sd.pop(f"{src}.to_{n}.{suffix}") for n in "qkv"])
-        take(f"{src}.to_out.0", f"{dst}.proj_out")
-
-    n, levels = config.num_res_blocks, len(config.channel_mult)
-    attn_levels = resolution_levels(config.attention_resolutions, config.image_size, levels)
-    take("time_embedding.linear_1", "time_embed.linear_1")
-    take("time_embedding.linear_2", "time_embed.linear_2")
-    take("conv_in", "input_blocks.0.0")
-    for level in range(levels):
-        for i in range(n):
-            dst = f"input_blocks.{1 + level * (n + 1) + i}"
-            resnet(f"down_blocks.{level}.resnets.{i}", f"{dst}.0")
-            if level in attn_levels:
-                attention(f"down_blocks.{level}.attentions.{i}", f"{dst}.1")
-        if level != levels - 1:
-            take(f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{1 + level * (n + 1) + n}.0.conv")
-    resnet("mid_block.resnets.0", "middle_block.0")
-    attention("mid_block.attentions.0", "middle_block.1")
-    resnet("mid_block.resnets.1", "middle_block.2")
-    for j in range(levels):                       # j-th up block works at level levels-1-j
-        has_attn = levels - 1 - j in attn_levels
-        for i in range(n + 1):
-            dst = f"output_blocks.{j * (n + 1) + i}"
-            resnet(f"up_blocks.{j}.resnets.{i}", f"{dst}.0")
-            if has_attn:
-                attention(f"up_blocks.{j}.attentions.{i}", f"{dst}.1")
-        if j != levels - 1:
-            take(f"up_blocks.{j}.upsamplers.0.conv", f"output_blocks.{j * (n + 1) + n}.{2 if has_attn else 1}.conv")
-    take("conv_norm_out", "out_norm")
-    take("conv_out", "out_conv")
-    if sd:
-        raise ValueError(f"unconverted diffusers keys: {sorted(sd)}")
-    return out

@@ -10,6 +10,7 @@ from _nn_helpers import inputs
 from difflab.config import load_config, resolve_config, save_config
 from difflab.nn import (CLASSIFIER_PRESETS, UNET_PRESETS, ClassifierConfig, EncoderClassifier, UNet, UNetConfig,
                         get_unet_preset)
+from difflab.interop.unet2d import state_dict_to_unet2d, unet2d_config
 from difflab.nn.attention import SelfAttention2d, SpatialTransformer
 from difflab.nn.io import check_state_dict
 from difflab.nn.levels import fraction_level, level_fractions, resolution_levels
@@ -116,3 +117,14 @@ def test_old_config_dicts_read_back_to_the_same_network(tmp_path):
     save_config(new, tmp_path / "new.yaml")
     assert load_config(tmp_path / "new.yaml") == new and new.model.attention_resolutions == ("1/4",)
     assert UNetConfig.from_dict(new.model.to_dict()) == new.model
+
+
+def test_both_forms_map_to_the_same_diffusers_unet2d():
+    pixels = UNET_PRESETS["cifar10"].replace(attention_resolutions=(16,), model_channels=32, norm_groups=8)
+    fraction = pixels.replace(attention_resolutions=("1/2",))
+    assert unet2d_config(fraction) == unet2d_config(pixels)
+    assert unet2d_config(fraction)["down_block_types"] == ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
+                                                           "DownBlock2D")
+    torch.manual_seed(0)
+    state = UNet(fraction).state_dict()
+    assert state_dict_to_unet2d(state, fraction).keys() == state_dict_to_unet2d(state, pixels).keys()
