@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import SelfAttention2d, SpatialTransformer, zero_module
 from .base import ConfigMixin, check_int, validate_encoder_fields
 from .embeddings import ClassEmbedding, TimestepEmbedding
-from .levels import level_resolutions, resolution_levels
+from .levels import resolution_levels
 
 # ----------------------------------------------------------------------------------------
 # Config

@@ -4,7 +4,6 @@ that writes the folder."""
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
