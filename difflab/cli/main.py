@@ -30,6 +30,7 @@ from .misc import (
     run_toy,
 )
 from .sample import add_sample_arguments, run_sample
+from .serve import add_serve_arguments, run_serve
 from .train import add_train_arguments, run_train
 from .train_autoencoder import add_train_autoencoder_arguments, run_train_autoencoder
 from .train_classifier import add_train_classifier_arguments, run_train_classifier
@@ -47,6 +48,8 @@ COMMANDS: list[Command] = [
     Command("train", "train a diffusion model (preset + config file + --set overrides)", add_train_arguments,
             run_train),
     Command("sample", "draw images from a trained run (optionally guided)", add_sample_arguments, run_sample),
+    Command("serve", "a local web page to sample runs: pick settings, watch the denoising, download the grid",
+            add_serve_arguments, run_serve),
     Command("train-classifier", "train a noise-aware classifier for classifier guidance",
             add_train_classifier_arguments, run_train_classifier),
     Command("train-autoencoder", "train the KL autoencoder of latent diffusion (reports held-out PSNR)",
