@@ -128,6 +128,40 @@ def _eval_featurizer(args, dataset: str, key: str, train_ds, device):
     return ClassifierFeaturizer(model, name=f"eval-classifier-{key}-{digest}"), directory
 
 
+def _run_heldout(args, run, shape, device):
+    """For a run trained on a folder with a held-out split (RUN_DIR/split.json) and no --dataset /
+    --data-root / --split / --featurizer-dir given: ``(held-out images, training images, featurizer,
+    its folder, cache key, "heldout")``, the featurizer being the folder's evaluation classifier trained
+    on the training side only (cached); None otherwise."""
+    from ..data import SPLIT_FILE, folder_split_root, load_dataset, read_split
+    from ..eval import folder_featurizer
+
+    if run is None or args.dataset or args.data_root or args.split != "test" or args.featurizer_dir:
+        return None
+    split_file = _run_dir_of(run.checkpoint) / SPLIT_FILE
+    d = run.config.data
+    if d.dataset != "folder" or not split_file.is_file():
+        return None
+    split = read_split(split_file)
+    labelled = all("/" in p for p in split.train + split.heldout)
+
+    def load(files):
+        return load_dataset("folder", root=d.root, split=d.split, files=files, labels_from_folders=labelled, **shape)
+
+    heldout, train = load(split.heldout), load(split.train)
+    say(f"reference: the run's {len(split.heldout)} held-out images ({split_file}); floor and featurizer from its "
+        f"{len(split.train)} training images")
+    if not labelled:
+        raise UsageError(f"{d.root} has no class sub-folders to train an evaluation classifier on: pass "
+                         "--featurizer-dir (or the FID Inception weights: see difflab.eval.plan_featurizer)")
+    ff = folder_featurizer(folder_split_root(d.root, d.split), split, image_size=shape["image_size"],
+                           channels=shape["channels"], cache_dir=args.cache_dir,
+                           epochs=args.eval_classifier_epochs, train_ds=train, heldout_ds=heldout, device=device,
+                           progress=not args.no_progress)
+    say(ff.describe())
+    return heldout, train, ff.featurizer, ff.directory, ff.key, "heldout"
+
+
 def _load_images_file(path: str):
     """Images in [-1, 1] [N, C, H, W] and labels (or None) from a folder of images or an .npz file."""
     import numpy as np
@@ -198,19 +232,25 @@ def run_eval_fd(args) -> int:
     shape = {}
     if run is not None:
         shape = dict(image_size=run.config.model.image_size, channels=run.config.model.in_channels)
-    ref_ds = load_dataset(dataset, root=root, split=args.split, **shape)
-    train_cache = {}
+    heldout = _run_heldout(args, run, shape, device)
+    if heldout is not None:       # a folder run: its own held-out images, the featurizer of its training side
+        ref_ds, train_side, feat, feat_dir, key, split_name = heldout
+        train_ds = lambda: train_side   # noqa: E731
+    else:
+        split_name = args.split
+        ref_ds = load_dataset(dataset, root=root, split=args.split, **shape)
+        train_cache = {}
 
-    def train_ds():
-        if "ds" not in train_cache:
-            try:
-                train_cache["ds"] = load_dataset(dataset, root=root, split="train", **shape)
-            except ValueError:
-                train_cache["ds"] = None
-        return train_cache["ds"]
+        def train_ds():
+            if "ds" not in train_cache:
+                try:
+                    train_cache["ds"] = load_dataset(dataset, root=root, split="train", **shape)
+                except ValueError:
+                    train_cache["ds"] = None
+            return train_cache["ds"]
 
-    feat, feat_dir = _eval_featurizer(args, dataset, key, train_ds, device)
-    ref = load_or_compute_reference_stats(feat, ref_ds.to_float(), key, args.split, args.cache_dir,
+        feat, feat_dir = _eval_featurizer(args, dataset, key, train_ds, device)
+    ref = load_or_compute_reference_stats(feat, ref_ds.to_float(), key, split_name, args.cache_dir,
                                           progress=not args.no_progress)
     labels = None
     guidance = "none"

@@ -103,11 +103,12 @@ def user_settings(overrides: Iterable[str]) -> RunConfig:
 
 
 def auto_config(data: dict, minutes: float, overrides: Iterable[str] = (), *,
-                measure: Callable[..., float] = measure_steps_per_second, probe_seconds: float = PROBE_SECONDS,
+                measure: Callable[..., float] | None = None, probe_seconds: float = PROBE_SECONDS,
                 text_encoder: bool | None = None) -> AutoPlan:
     """The run config for ``minutes`` of training on ``data`` (a ``data`` section, :func:`data_section`),
     with ``overrides`` (``section.key=value``) applied last. ``measure(model_config, batch, device,
-    seconds=...)`` times the probe network (steps per second) on ``train.device`` with ``train.num_threads``."""
+    seconds=...)`` times the probe network (steps per second) on ``train.device`` with ``train.num_threads``
+    (default: :func:`difflab.nn.cost.measure_steps_per_second`)."""
     if not (minutes > 0):
         raise ConfigError(f"--minutes must be > 0, got {minutes}")
     overrides = list(overrides)
@@ -119,7 +120,8 @@ def auto_config(data: dict, minutes: float, overrides: Iterable[str] = (), *,
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
     try:
-        rate = StepRate(probe, batch, float(measure(probe, batch, device, seconds=probe_seconds)))
+        rate = StepRate(probe, batch, float((measure or measure_steps_per_second)(probe, batch, device,
+                                                                                  seconds=probe_seconds)))
     finally:
         torch.set_num_threads(threads)
     recipe = auto_recipe(facts, minutes, rate, device.type,
@@ -135,7 +137,7 @@ def auto_config(data: dict, minutes: float, overrides: Iterable[str] = (), *,
     return AutoPlan(config, recipe, facts, rate, tuple(check_budget(config, sps)))
 
 
-def budget_warnings(config: RunConfig, *, measure: Callable[..., float] = measure_steps_per_second,
+def budget_warnings(config: RunConfig, *, measure: Callable[..., float] | None = None,
                     probe_seconds: float = PROBE_SECONDS) -> list[str]:
     """:func:`difflab.recipe.check_budget` for a config of the user's own: with a time budget
     (``train.max_minutes``), the config's network is timed first for ``probe_seconds`` on its device."""
@@ -147,7 +149,7 @@ def budget_warnings(config: RunConfig, *, measure: Callable[..., float] = measur
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
     try:
-        sps = float(measure(config.model, tc.batch_size, device, seconds=probe_seconds))
+        sps = float((measure or measure_steps_per_second)(config.model, tc.batch_size, device, seconds=probe_seconds))
     finally:
         torch.set_num_threads(threads)
     return check_budget(config, sps)
