@@ -40,7 +40,7 @@ def _flag_overrides(args) -> list[str]:
 
 def _warn(lines) -> None:
     for line in lines:
-        print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True)
+        print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def auto_run(args):
@@ -62,12 +62,13 @@ def auto_run(args):
 
 def run_train(args) -> int:
     from ..train import train
-    from ..train.auto import budget_warnings
+    from ..train.auto import BudgetCheck
 
     if args.minutes is not None and not args.minutes > 0:
         raise UsageError(f"--minutes must be > 0, got {args.minutes}")
+    callbacks = []
     if args.data is not None and not args.resume:
-        cfg, run_dir = auto_run(args)
+        cfg, run_dir = auto_run(args)     # checked against the budget at the measured rate already
         resume = False
     else:
         extra = {"latent": {"autoencoder": args.autoencoder}} if args.autoencoder is not None else {}
@@ -76,11 +77,11 @@ def run_train(args) -> int:
         name = args.preset or (Path(args.config).stem if args.config else "digits")
         cfg, run_dir, resume = train_config_from_args(args, RunConfig.KIND, "train", Path("runs") / name, extra,
                                                       conflicts=("--data",))
-        if not resume:        # your own settings: say before training when they cannot work in the budget
-            _warn(budget_warnings(cfg))
+        if not resume:        # your own settings: say before the first step when they cannot work in the budget
+            callbacks.append(BudgetCheck())
 
     t0 = time.perf_counter()
-    result = train(cfg, run_dir, resume=resume, progress=not args.no_progress)
+    result = train(cfg, run_dir, resume=resume, progress=not args.no_progress, callbacks=callbacks)
     took = format_duration(time.perf_counter() - t0)
     if result.interrupted:
         return report_interrupted(result, cfg.train.steps, took, "train", run_dir)

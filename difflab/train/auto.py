@@ -25,6 +25,7 @@ from ..data import (DATASETS, DEFAULT_HOLDOUT_FRACTION, DEFAULT_HOLDOUT_SEED, Da
 from ..nn.cost import measure_steps_per_second
 from ..recipe import Recipe, StepRate, auto_recipe, check_budget, probe_network, recipe_config
 from .runtime import resolve_device
+from .task import Callback, RunState
 
 PROBE_SECONDS = 3.0
 EVALUATIONS_PER_RUN = 5        # evaluation every budget / 5 minutes of training (and at the end)
@@ -153,3 +154,18 @@ def budget_warnings(config: RunConfig, *, measure: Callable[..., float] | None =
     finally:
         torch.set_num_threads(threads)
     return check_budget(config, sps)
+
+
+class BudgetCheck(Callback):
+    """Logs :func:`budget_warnings` of a run's own config when training starts (rank 0, after the config
+    and the run folder were accepted, before the first step)."""
+
+    def __init__(self, measure: Callable[..., float] | None = None):
+        self.measure = measure
+        self.warnings: list[str] = []
+
+    def on_start(self, run: RunState) -> None:
+        if run.env.info.is_main:
+            self.warnings = budget_warnings(run.task.config, measure=self.measure)
+            for line in self.warnings:
+                run.env.log(f"warning: {line}")

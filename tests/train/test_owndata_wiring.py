@@ -18,7 +18,7 @@ from difflab.data import SPLIT_FILE, read_split, split_files
 from difflab.recipe import auto_recipe, StepRate, probe_network
 from difflab.train import Callback, train
 from difflab.train import auto as auto_module
-from difflab.train.auto import auto_config, budget_warnings, data_section, inspect_data
+from difflab.train.auto import BudgetCheck, auto_config, budget_warnings, data_section, inspect_data
 from difflab.train.heartbeat import Heartbeat
 from difflab.train.metrics import read_metrics
 
@@ -192,10 +192,19 @@ def test_budget_warnings_are_printed_before_training(tmp_path, capsys, monkeypat
     code, _, err = run_cli(capsys, "train", "--preset", "tiny", "--out", tmp_path / "run", "--steps", 2,
                            "--no-progress", "--set", "train.num_threads=1", "sample.n=2", "sample.steps=2")
     assert code == 0
-    warn = [ln for ln in err.splitlines() if ln.startswith("difflab: warning:")]
-    assert any("train.warmup_steps=5 is longer than the 2 steps of train.steps: the learning rate ends at 40% of "
-               "train.lr; e.g. --set train.warmup_steps=1" in ln for ln in warn), err
-    assert err.index("difflab: warning:") < err.index("training ")          # before training starts
+    warn = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert "warning: train.warmup_steps=5 is longer than the 2 steps of train.steps: the learning rate ends at 40% of " \
+           "train.lr; e.g. --set train.warmup_steps=1" in warn, err
+    # through the API: logged before the first step
+    lines = []
+
+    class Steps(Callback):
+        def on_step_end(self, run):
+            lines.append(f"STEP {run.step}")
+
+    train(resolve_config("tiny", overrides=["train.steps=2", "train.num_threads=1", "sample.n=2", "sample.steps=2"]),
+          tmp_path / "api", progress=False, log=lines.append, callbacks=[BudgetCheck(), Steps()])
+    assert lines.index("warning: " + warn[0][len("warning: "):]) < lines.index("STEP 1")
     # with a time budget the network is timed first: an EMA longer than the run
     monkeypatch.setattr(auto_module, "measure_steps_per_second", fixed_rate(2.0))
     cfg = resolve_config("tiny", overrides=["train.max_minutes=5", "train.steps=100000", "train.ema_decay=0.9999",
