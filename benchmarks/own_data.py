@@ -104,7 +104,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000, help="samples (and floor images) of the final figures")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "own-data")
     ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
-    ap.add_argument("--colored", type=Path, help="the coloured MNIST folder (default: OUT/colored-mnist, made "
+    ap.add_argument("--colored", type=Path, help="the coloured MNIST folder (default: OUT/data/colored-mnist, made "
                                                  "when missing)")
     ap.add_argument("--colored-n", type=int, help="training images of a coloured MNIST made here (default: all)")
     ap.add_argument("--parallel", type=int, default=2, choices=(1, 2), help="one-thread processes at a time")
@@ -117,7 +117,8 @@ def main() -> int:
     out, cache = args.out, args.out / "cache"
     out.mkdir(parents=True, exist_ok=True)
     seed_featurizers(cache)
-    colored = args.colored or out / "colored-mnist"
+    colored = args.colored or out / "data" / "colored-mnist"
+    colored.parent.mkdir(parents=True, exist_ok=True)
     if "colored-mnist" in args.datasets and not colored.exists():
         extra = ["--n", str(args.colored_n), "--n-test", str(max(100, args.colored_n // 6))] if args.colored_n else []
         run_all([("make colored-mnist", [*DIFFLAB, "make-dataset", "colored-mnist", "--data-root", str(MNIST_DIR),
@@ -125,8 +126,8 @@ def main() -> int:
 
     trainings, evals = [], []
     for name in args.datasets:
-        run = out / name
-        if run.exists():
+        run = out / "runs" / name
+        if run.exists():        # a new run of the benchmark replaces the last one's run folder
             shutil.rmtree(run)
         trainings.append((f"train {name}", [*DIFFLAB, "train", *data_arg(name, colored), "--minutes", str(args.minutes),
                                             "--out", str(run), "--no-progress", "--set", "train.num_threads=1",
@@ -140,7 +141,7 @@ def main() -> int:
     args.artifacts.mkdir(parents=True, exist_ok=True)
     took = run_all(trainings, args.parallel)
     took.update(run_all(evals, args.parallel))
-    results = {name: summary(out / name) for name in args.datasets}
+    results = {name: summary(out / "runs" / name) for name in args.datasets}
     (args.artifacts / "own_data.json").write_text(json.dumps(results, indent=2) + "\n")
 
     command = (f"python benchmarks/own_data.py --minutes {args.minutes:g} --n {args.n}"

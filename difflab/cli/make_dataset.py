@@ -78,7 +78,5 @@ def run_make_dataset(args) -> int:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     say(f"wrote {written['train']} training and {written['test']} test images ({args.size}x{args.size} RGB) to {out}")
-    say(f"  train on it: difflab train --preset mnist --out runs/colored-mnist --set data.dataset=folder "
-         f"data.root={out} data.image_size={args.size} data.channels=3 model.image_size={args.size} "
-         "model.in_channels=3 data.labels=true model.num_classes=10")
+    say(f"  train on it: difflab train --data {out} --minutes 25 --out runs/colored-mnist")
     return 0

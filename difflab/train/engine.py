@@ -17,7 +17,8 @@ autoencoder and its discriminator do). The engine gives every task the same guar
   gradients are averaged over processes before every update (``distributed.average_gradients``);
 - autocast (``train.mixed_precision``; fp16 with a GradScaler), metrics.jsonl / .csv, TensorBoard
   (``train.tensorboard``: ``difflab.train.tensorboard``, itself a callback), a progress bar, sample grids
-  every ``train.sample_every`` steps, and :class:`Callback` events.
+  every ``train.sample_every`` steps, and :class:`Callback` events; without the bar, a log line at least
+  once a minute (``difflab.train.heartbeat``).
 
 Callbacks (``train(..., callbacks=[...])``) observe a run without forking the loop: ``on_start``,
 ``on_log`` (every metrics row), ``on_sample``, ``on_figure`` (every figure reported), ``on_checkpoint``,

@@ -156,8 +156,9 @@ class Evaluation(Callback):
         share = self.eval_seconds / max(run.train_seconds, 1e-9)
         what = format_result(r) if self.ref is not None else "no featurizer (see above)"
         run.env.log(f"eval at step {run.step} ({run.train_seconds / 60:.1f} min of training): {what} | held-out "
-                    f"loss {row['heldout_loss']:.4g} | took {took:.0f} s (evaluations {share:.0%} of the training time; "
-                    f"at most {self.config.train.eval_max_share:.0%}, train.eval_max_share)")
+                    f"loss {row['heldout_loss']:.4g} | took {took:.0f} s (evaluations so far: {share:.0%} of the training "
+                    f"time; the next waits until they are at most {self.config.train.eval_max_share:.0%}, "
+                    f"train.eval_max_share)")
         path = plot_eval(run.run_dir)
         if path is not None:
             run.log_figure("eval", path)
