@@ -75,6 +75,64 @@ def sampler_law(abars: np.ndarray, mu: np.ndarray, cov: np.ndarray, kind: str, e
     return mean, U @ np.diag(var) @ U.T, gains
 
 
+def _x0_estimate(a: float, lams: np.ndarray, mu_e: np.ndarray):
+    """E[x_0 | x_t] = g x_t + h per eigen-direction at abar a (g = c0, h = mu (1 - c0 sqrt(a)))."""
+    g = math.sqrt(a) * lams / (a * lams + 1 - a)
+    return g, mu_e * (1 - g * math.sqrt(a))
+
+
+def dpm_solver_law(abars: np.ndarray, mu: np.ndarray, cov: np.ndarray, order: int = 2):
+    """Exact law N(mean, covariance) of DPM-Solver++ (1 or 2M) from x_T ~ N(0, I) (DPM-Solver++
+    eq. 9 and Alg. 2, written from the paper): the sample is affine in x_T, x_k = A_k x_T,k + B_k in
+    each eigen-direction, and the solver's steps act on (A, B). ``abars`` noisiest first; the last
+    step lands on abar = 1 and returns the last x_0 estimate."""
+    lams, U = np.linalg.eigh(cov)
+    mu_e = U.T @ mu
+    alpha, sigma = np.sqrt(abars), np.sqrt(1 - abars)
+    lam = np.log(alpha / sigma)                     # half log-SNR, increasing along the walk
+    A, B = np.ones_like(lams), np.zeros_like(lams)
+    prev = None
+    S = len(abars)
+    for j in range(S):
+        g, h = _x0_estimate(abars[j], lams, mu_e)
+        x0 = (g * A, g * B + h)
+        a_t, s_t = (alpha[j + 1], sigma[j + 1]) if j + 1 < S else (1.0, 0.0)
+        e = (s_t / a_t) / (sigma[j] / alpha[j])     # e^{-h_j}
+        if order == 1 or prev is None or j == S - 1:
+            D = x0
+        else:
+            r = (lam[j] - lam[j - 1]) / (lam[j + 1] - lam[j])          # previous step / this step
+            D = tuple((1 + 1 / (2 * r)) * c - 1 / (2 * r) * p for c, p in zip(x0, prev))
+        A, B = (s_t / sigma[j]) * A - a_t * (e - 1) * D[0], (s_t / sigma[j]) * B - a_t * (e - 1) * D[1]
+        prev = x0
+    return U @ B, U @ np.diag(A**2) @ U.T
+
+
+def heun_law(sigmas: np.ndarray, mu: np.ndarray, cov: np.ndarray):
+    """Exact law of EDM's Heun sampler (Alg. 1, S_churn = 0) from VP noise x_T ~ N(0, I): in EDM's
+    variables x = x_T sqrt(1 + sigma_0^2), D(x; sigma) = E[x_0 | x_t = x / sqrt(1 + sigma^2)],
+    d = (x - D) / sigma, an Euler step to the next sigma and, unless it is 0, the trapezoidal
+    correction. ``sigmas`` noisiest first, without the final 0."""
+    lams, U = np.linalg.eigh(cov)
+    mu_e = U.T @ mu
+
+    def slope(A, B, s):                               # d = (x - D(x; s)) / s, affine in x_T
+        a = 1 / (1 + s * s)
+        g, h = _x0_estimate(a, lams, mu_e)
+        return (A - g * math.sqrt(a) * A) / s, (B - g * math.sqrt(a) * B - h) / s
+
+    A, B = np.full_like(lams, math.sqrt(1 + sigmas[0] ** 2)), np.zeros_like(lams)
+    for i, s in enumerate(sigmas):
+        s_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
+        dA, dB = slope(A, B, s)
+        A_next, B_next = A + (s_next - s) * dA, B + (s_next - s) * dB
+        if s_next > 0:
+            dA2, dB2 = slope(A_next, B_next, s_next)
+            A_next, B_next = A + (s_next - s) * (dA + dA2) / 2, B + (s_next - s) * (dB + dB2) / 2
+        A, B = A_next, B_next
+    return U @ B, U @ np.diag(A**2) @ U.T
+
+
 # ------------------------------------------------------------------------------------ the bound
 def normal_cdf(x: np.ndarray, cdf: str = "exact") -> np.ndarray:
     """Phi(x): scipy's ndtr, or the tanh approximation of the DDPM / improved-diffusion code."""

@@ -93,6 +93,21 @@ def test_spacing_details():
     assert S.space_timesteps(100, [5, 1, 5]) == [1, 5]
 
 
+def test_linspace_and_section_spacing_values():
+    """linspace: t_i = round(i (T - 1) / (S - 1)), evenly spaced with both ends (iDDPM sec. 4).
+    Section counts "a,b,...": the iDDPM code's space_timesteps: T is cut into equal sections (the
+    first T mod n one longer) and section k takes count_k steps round(j (size_k - 1) / (count_k - 1))
+    from its start. Exact rational arithmetic here; the counts avoid ties at .5."""
+    for S_ in (30, 50):
+        assert S.space_timesteps(1000, S_, "linspace") == [round(Fraction(999 * i, S_ - 1)) for i in range(S_)]
+    expected, start = [], 0
+    for size, count in ((334, 10), (333, 15), (333, 20)):
+        expected += [start + round(Fraction((size - 1) * j, count - 1)) for j in range(count)]
+        start += size
+    assert S.space_timesteps(1000, "10,15,20") == expected
+    assert S.space_timesteps(1000, "10,20")[:10] == [0, 55, 111, 166, 222, 277, 333, 388, 444, 499]
+
+
 def test_respaced_betas_keep_alphas_cumprod():
     b = S.make_betas("cosine", 1000)
     abar = np.cumprod(1 - b)
