@@ -411,8 +411,9 @@ class GaussianDiffusion:
                      cdf: str = "exact") -> dict[str, Any]:
         """The full variational bound L_T + sum_{t>1} L_{t-1} + L_0 in bits/dim, per example.
 
-        Every one of the T terms is evaluated (one model call per timestep for the batch); ``cdf``
-        is the normal CDF of the decoder L_0 (see :meth:`vb_term`).
+        Every one of the T terms is evaluated (one model call per timestep for the batch), with
+        the noise of term t drawn from ``generator`` in the order t = T-1, ..., 0; ``cdf`` is the
+        normal CDF of the decoder L_0 (see :meth:`vb_term`).
         Returns total_bpd [B], prior_bpd [B], vb [B, T] (the terms, index t = L_t) and
         mse [B, T] (eps-prediction error per timestep).
         """
