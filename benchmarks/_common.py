@@ -20,6 +20,8 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 ARTIFACTS = ROOT / "benchmarks" / "artifacts"
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"   # the official MNIST files, in shared/ beside the repo
 
+from difflab.files import write_text_atomic  # noqa: E402  (after the path set-up above)
+
 
 def write_section(path: Path, heading: str, text: str) -> None:
     """Replace the ``heading`` section of ``path`` (up to the next "## " heading) with ``text``, or
@@ -33,9 +35,7 @@ def write_section(path: Path, heading: str, text: str) -> None:
         end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
         body = text.rstrip("\n").splitlines() + ([""] if end < len(lines) else [])
         new = "\n".join(lines[:start] + body + lines[end:]) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    write_text_atomic(path, new)
 
 
 def child(cmd: list[str], log: Path | None = None, threads: int = 1) -> subprocess.Popen:

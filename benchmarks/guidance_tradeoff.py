@@ -38,9 +38,9 @@ from _common import ARTIFACTS, MNIST_DIR, RESULTS, write_section  # noqa: E402  
 from sampler_quality import evaluator  # noqa: E402
 
 from difflab.eval import compute_stats, frechet_distance, precision_recall, predict  # noqa: E402
-from difflab.train.checkpoint import load_run  # noqa: E402
-from difflab.train.classifier import load_classifier  # noqa: E402
-from difflab.train.sampling import GuidanceOptions, build_guided_model, sample_images  # noqa: E402
+from difflab.runs import load_run  # noqa: E402
+from difflab.runs import load_classifier  # noqa: E402
+from difflab.sampling import GuidanceOptions, build_guided_model, sample_images  # noqa: E402
 
 HEADING = "## Guidance trade-off (MNIST)"
 
@@ -138,8 +138,8 @@ def main(argv=None):
         lines.append(f"| {r['kind']} | {'w' if r['kind'] == 'classifier-free' else 's'} = {r['strength']:g} | "
                      f"{100 * r['accuracy']:.1f}% | {r['fd']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{r['seconds']:.0f} |")
-    from difflab.viz import _figure, _save_fig
-    fig = _figure((10, 4))
+    from difflab.viz import new_figure, save_figure
+    fig = new_figure((10, 4))
     for i, (key, label) in enumerate((("accuracy", "accuracy w.r.t. requested class"), ("fd", "FD to test split"))):
         ax = fig.add_subplot(1, 2, i + 1)
         for kind, sym in (("classifier-free", "w"), ("classifier", "s")):
@@ -151,7 +151,7 @@ def main(argv=None):
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     plot = ARTIFACTS / "guidance_tradeoff.png"
-    _save_fig(fig, plot)
+    save_figure(fig, plot)
     lines += ["", f"![guidance trade-off]({plot.relative_to(RESULTS.parent).as_posix()})", "",
               "Samples (one row per class, first 100 samples): "
               + ", ".join(f"[{r['kind']} {r['strength']:g}](artifacts/guidance/{r['kind']}_{r['strength']:g}.png)"

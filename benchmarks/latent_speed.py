@@ -12,9 +12,9 @@ since wall time does not depend on their values):
 (c) pixel   the `mnist` U-Net preset at 28x28, whose parameter count is within a few percent of (a)'s
             (equal network size, as the latent-diffusion paper compares).
 
-A training step is what ``difflab.train.loop`` does per step: draw x_0 (latent: z = mean + std * eps
+A training step is what the diffusion task of ``difflab.train`` does per step: draw x_0 (latent: z = mean + std * eps
 from cached posterior moments, times the scale factor), t and noise, ``diffusion.training_losses``,
-backward, gradient clipping, AdamW, EMA update. Sampling is ``difflab.train.sampling.sample_images``
+backward, gradient clipping, AdamW, EMA update. Sampling is ``difflab.sampling.sample_images``
 (DDIM, 50 steps, one batch of 100), as ``difflab sample`` runs it.
 
 Timing on a shared machine: one warm-up step / a 2-step sampling run per contender is excluded;
@@ -51,9 +51,9 @@ from difflab.nn.autoencoder import AutoencoderKL, DiagonalGaussian, get_ae_prese
 from difflab.nn.conditioned import TextConditionedUNet  # noqa: E402
 from difflab.nn.text import TextEncoder, TextEncoderConfig, WordTokenizer  # noqa: E402
 from difflab.nn.unet import UNet  # noqa: E402
-from difflab.train.conditioning import Prompts  # noqa: E402
+from difflab.conditioning import Prompts  # noqa: E402
 from difflab.train.ema import EMA  # noqa: E402
-from difflab.train.sampling import sample_images  # noqa: E402
+from difflab.sampling import sample_images  # noqa: E402
 
 PARENT = "## Latent diffusion"
 HEADING = "### Latent vs pixel speed"
@@ -75,7 +75,7 @@ class Contender:
 
 
 def _optimise(model, diffusion, tc, draw) -> Callable[[], None]:
-    """One step of difflab.train.loop on batches from ``draw() -> (x_0, model_kwargs)``."""
+    """One step of the training engine (difflab.train) on batches from ``draw() -> (x_0, model_kwargs)``."""
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
     ema = EMA(model, tc.ema_decay, tc.ema_warmup)
     gen = torch.Generator().manual_seed(1)

@@ -25,7 +25,7 @@ from difflab.data import load_dataset  # noqa: E402
 from difflab.data.transforms import low_res_condition  # noqa: E402
 from difflab.eval import ClassifierFeaturizer, compute_stats, frechet_distance, load_eval_classifier, predict  # noqa: E402
 from difflab.train import load_run  # noqa: E402
-from difflab.train.autoencoder import psnr  # noqa: E402
+from difflab.eval import psnr  # noqa: E402
 
 
 def main(argv=None) -> int:

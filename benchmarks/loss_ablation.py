@@ -58,7 +58,7 @@ def evaluate(variant: str, args) -> dict:
     before on the same checkpoint step is replaced, the others are kept)."""
     from difflab.data import load_dataset
     from difflab.eval.nll import evaluate_nll
-    from difflab.train.checkpoint import load_run
+    from difflab.runs import load_run
 
     torch.set_num_threads(1)
     run = load_run(Path(args.out) / variant)

@@ -180,7 +180,7 @@ def points(out: Path, recipe: str, every: float) -> list[tuple[float, Path, dict
     """(training minutes, checkpoint, info) of every saved point of a recipe."""
     found = []
     if recipe == "difflab":
-        from difflab.train.checkpoint import list_checkpoints, load_training_state
+        from difflab.runs import list_checkpoints, load_training_state
 
         # the time-based checkpoints are the first ones at or past each mark (step-based ones fall between)
         ckpts = [(load_training_state(c)["train_seconds"] / 60, c) for c in list_checkpoints(out / recipe)]
@@ -205,7 +205,7 @@ def sample_difflab(run, n: int, seed: int, batch: int, steps: int | None = None,
     class-conditional run), or with ``steps`` / ``guidance`` (a weight w, or "none") instead;
     sample i seeded ``seed * 2^20 + i``. The NFE counts both halves of a classifier-free guided
     batch (two network evaluations per step)."""
-    from difflab.train.sampling import build_guided_model, sample_images
+    from difflab.sampling import build_guided_model, sample_images
 
     s = dataclasses.replace(run.config.sample, seed=seed, batch_size=batch)
     if steps is not None:
@@ -224,7 +224,7 @@ def sample_difflab(run, n: int, seed: int, batch: int, steps: int | None = None,
 
 def evaluate_recipe(args, recipe: str) -> list[dict]:
     """FD of every saved point of one recipe; writes <out>/<recipe>.eval.json."""
-    from difflab.train.checkpoint import load_run
+    from difflab.runs import load_run
     from difflab.viz import save_grid
 
     out = Path(args.out)
@@ -282,7 +282,7 @@ def evaluate_all(args) -> list[dict]:
 
 
 def report(rows: list[dict], args, argv: list[str]) -> str:
-    from difflab.viz import _figure, _save_fig
+    from difflab.viz import new_figure, save_figure
 
     floor = rows[0]["floor"]
     by = {(r["recipe"], r["minutes"]): r for r in rows}
@@ -332,7 +332,7 @@ def report(rows: list[dict], args, argv: list[str]) -> str:
                  f"{'met' if last['fd'] <= 3 * last['floor'] else 'NOT met'}" if last else "-")
               + ".", ""]
     plot = ARTIFACTS / "quality_vs_time.png"
-    fig = _figure((6.5, 4.2))
+    fig = new_figure((6.5, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     for recipe, label in (("difflab", f"difflab {args.preset}"), ("diffusers", "diffusers recipe")):
         rs = [r for r in rows if r["recipe"] == recipe]
@@ -343,7 +343,7 @@ def report(rows: list[dict], args, argv: list[str]) -> str:
     ax.set_xlabel("training wall-clock (minutes)")
     ax.set_ylabel("Frechet distance to test split")
     ax.legend(fontsize=8)
-    _save_fig(fig, plot)
+    save_figure(fig, plot)
     lines += [f"![quality vs time]({plot.relative_to(RESULTS.parent).as_posix()})", "",
               f"Final samples (first 64 of the evaluated samples), difflab {args.preset} and the diffusers recipe:", "",
               "![difflab](artifacts/quality_vs_time_difflab_samples.png) "

@@ -34,8 +34,8 @@ from difflab.eval import (EvalClassifierConfig, compute_stats, frechet_distance,
 from difflab.eval.classifier import ClassifierFeaturizer  # noqa: E402
 from difflab.rng import per_sample_generators, randn  # noqa: E402
 from difflab.samplers import get_sampler  # noqa: E402
-from difflab.train.checkpoint import load_run  # noqa: E402
-from difflab.train.sampling import class_labels  # noqa: E402
+from difflab.runs import load_run  # noqa: E402
+from difflab.sampling import class_labels  # noqa: E402
 
 
 
@@ -279,8 +279,8 @@ def main(argv=None):
                   f"best diffusers scheduler at 10 NFE: {peer10['fd']:.3f} "
                   f"({'ours at least as good' if best10['fd'] <= peer10['fd'] else 'diffusers better'}).", ""]
     plot = ARTIFACTS / f"sampler_quality_{args.dataset}.png"
-    from difflab.viz import _figure, _save_fig
-    fig = _figure((7, 4.5))
+    from difflab.viz import new_figure, save_figure
+    fig = new_figure((7, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     labels = sorted({r["sampler"] for r in table})
     for lab in labels:
@@ -291,7 +291,7 @@ def main(argv=None):
     ax.set_xlabel("network evaluations (NFE)")
     ax.set_ylabel("Frechet distance to test split")
     ax.legend(fontsize=7)
-    _save_fig(fig, plot)
+    save_figure(fig, plot)
     lines += [f"![sampler quality]({plot.relative_to(RESULTS.parent).as_posix()})", ""]
     text = "\n".join(lines)
     print(text)

@@ -182,7 +182,7 @@ def save_trajectory_gif(xs: Sequence[torch.Tensor], pred_x0s: Sequence[torch.Ten
 
 
 # ----------------------------------------------------------------------------- plots
-def _figure(figsize=(6.0, 4.0)):
+def new_figure(figsize=(6.0, 4.0)):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -191,7 +191,7 @@ def _figure(figsize=(6.0, 4.0)):
     return fig
 
 
-def _save_fig(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig, path: str | os.PathLike) -> Path:
     path = _out_path(path)
     fig.tight_layout()
     fig.savefig(path, format=path.suffix.lstrip(".").lower() or "png")
@@ -225,7 +225,7 @@ def plot_losses(steps: Sequence[float], losses: Sequence[float] | Mapping[str, S
     """
     series = dict(losses) if isinstance(losses, Mapping) else {"loss": losses}
     s = _np(steps)
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
     all_positive = True
     for k, (label, ys) in enumerate(series.items()):
@@ -244,7 +244,7 @@ def plot_losses(steps: Sequence[float], losses: Sequence[float] | Mapping[str, S
     ax.legend()
     if title:
         ax.set_title(title)
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 def _check_2d(x, what: str) -> np.ndarray:
@@ -258,7 +258,7 @@ def scatter_2d(samples, data=None, path: str | os.PathLike = "scatter.png", titl
                lim: float | None = None) -> Path:
     """Scatter model ``samples`` ([N, 2]) over the ``data`` ([M, 2], optional)."""
     s = _check_2d(samples, "samples")
-    fig = _figure((5.0, 5.0))
+    fig = new_figure((5.0, 5.0))
     ax = fig.add_subplot(1, 1, 1)
     if data is not None:
         d = _check_2d(data, "data")
@@ -271,7 +271,7 @@ def scatter_2d(samples, data=None, path: str | os.PathLike = "scatter.png", titl
     ax.legend(loc="upper right", markerscale=3)
     if title:
         ax.set_title(title)
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_trajectories_2d(traj: Sequence, path: str | os.PathLike, max_paths: int = 200,
@@ -284,7 +284,7 @@ def plot_trajectories_2d(traj: Sequence, path: str | os.PathLike, max_paths: int
     if pts.shape[0] < 2:
         raise ValueError("plot_trajectories_2d needs at least 2 steps")
     pts = pts[:, :max_paths]
-    fig = _figure((5.0, 5.0))
+    fig = new_figure((5.0, 5.0))
     ax = fig.add_subplot(1, 1, 1)
     if data is not None:
         d = _check_2d(data, "data")
@@ -297,7 +297,7 @@ def plot_trajectories_2d(traj: Sequence, path: str | os.PathLike, max_paths: int
     ax.legend(loc="upper right", markerscale=3)
     if title:
         ax.set_title(title)
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curve(xs: Sequence[float], ys_dict: Mapping[str, Sequence[float]], path: str | os.PathLike,
@@ -305,7 +305,7 @@ def plot_curve(xs: Sequence[float], ys_dict: Mapping[str, Sequence[float]], path
                title: str | None = None, marker: str = "o") -> Path:
     """One line per entry of ``ys_dict`` against shared ``xs`` (benchmarks, metrics vs steps)."""
     x = _np(xs)
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
     for label, ys in ys_dict.items():
         y = _np(ys)
@@ -323,7 +323,7 @@ def plot_curve(xs: Sequence[float], ys_dict: Mapping[str, Sequence[float]], path
         ax.legend()
     if title:
         ax.set_title(title)
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bars(labels: Sequence[str], values: Sequence[float] | Mapping[str, Sequence[float]],
@@ -331,7 +331,7 @@ def plot_bars(labels: Sequence[str], values: Sequence[float] | Mapping[str, Sequ
     """Bar chart; with ``{series: values}`` the bars of each label are grouped side by side."""
     series = dict(values) if isinstance(values, Mapping) else {"": values}
     labels = list(labels)
-    fig = _figure((max(4.0, 0.6 * len(labels) * max(1, len(series)) + 2), 4.0))
+    fig = new_figure((max(4.0, 0.6 * len(labels) * max(1, len(series)) + 2), 4.0))
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(series))
     pos = np.arange(len(labels), dtype=np.float64)
@@ -349,7 +349,7 @@ def plot_bars(labels: Sequence[str], values: Sequence[float] | Mapping[str, Sequ
         ax.legend()
     if title:
         ax.set_title(title)
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 def forward_process_grid(images_per_t: Sequence[torch.Tensor], ts: Sequence[int], path: str | os.PathLike,
@@ -364,7 +364,7 @@ def forward_process_grid(images_per_t: Sequence[torch.Tensor], ts: Sequence[int]
     if len({tuple(x.shape) for x in cols}) != 1:
         raise ValueError("every batch in images_per_t must have the same shape")
     n = cols[0].shape[0]
-    fig = _figure((1.1 * len(cols) + 0.4, 1.1 * n + (0.5 if title else 0.3)))
+    fig = new_figure((1.1 * len(cols) + 0.4, 1.1 * n + (0.5 if title else 0.3)))
     for j, (x, t) in enumerate(zip(cols, ts)):
         arr = _to_uint8(x).transpose(0, 2, 3, 1)
         for i in range(n):
@@ -379,4 +379,4 @@ def forward_process_grid(images_per_t: Sequence[torch.Tensor], ts: Sequence[int]
                 ax.set_title(f"t={int(t)}", fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save_fig(fig, path)
+    return save_figure(fig, path)

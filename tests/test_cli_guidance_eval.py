@@ -12,7 +12,8 @@ from difflab.cli import main
 from difflab.config import SampleConfig
 from difflab.nn.classifier import EncoderClassifier
 from difflab.train import GuidanceOptions, build_guided_model, load_classifier, load_run, sample_images
-from difflab.train.classifier import LoadedClassifier, resolve_classifier_config, save_classifier_checkpoint
+from difflab.runs import LoadedClassifier, save_classifier_checkpoint
+from difflab.train.classifier import resolve_classifier_config
 
 from _cli_helpers import TINY, png, run_cli  # noqa: E402
 
@@ -299,7 +300,7 @@ def test_eval_without_a_metric_is_a_usage_error(capsys):
 def test_with_default_guidance_mixes_the_conditional_and_null_outputs_by_the_runs_weight():
     from types import SimpleNamespace
 
-    from difflab.train.sampling import with_default_guidance
+    from difflab.sampling import with_default_guidance
 
     def net(x, t, y=None, context=None):   # a "network" whose output reveals its condition
         if context is not None:

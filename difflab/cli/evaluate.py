@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..config import ConfigError
-from .common import PROG, UsageError, _Parser, _positive, _say
-from .sample import _add_guidance_arguments, _guided_from_args, _sample_labels
+from .common import PROG, UsageError, Parser, check_positive, say
+from .sampling import add_guidance_arguments, guided_from_args, sample_labels
 
 
 def _add_eval_common(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     from ..losses import CDFS
     from ..samplers import SAMPLERS
 
-    sub = p.add_subparsers(dest="eval_command", metavar="METRIC", parser_class=_Parser)
+    sub = p.add_subparsers(dest="eval_command", metavar="METRIC", parser_class=Parser)
     fd = sub.add_parser("fd", help="Frechet distance, precision and recall of samples against a held-out split",
                         description="Frechet distance (and precision/recall, and class accuracy for labelled "
                                     "samples) in the feature space of the clean evaluation classifier")
@@ -42,7 +42,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     fd.add_argument("--eta", type=float, help="stochasticity for samplers with an eta")
     fd.add_argument("--no-clip", action="store_true", help="do not clamp predicted x_0 to [-1, 1]")
     fd.add_argument("--class-label", type=int, help="draw every sample of this class (default: cycle classes)")
-    _add_guidance_arguments(fd)
+    add_guidance_arguments(fd)
     fd.add_argument("--featurizer-dir", metavar="DIR", help="a saved evaluation classifier (default: the one cached "
                                                             "for --dataset, trained on its train split if missing)")
     fd.add_argument("--cache-dir", metavar="DIR", help="where eval classifiers and reference statistics are cached "
@@ -117,7 +117,7 @@ def _eval_featurizer(args, dataset: str, key: str, train_ds, device):
         side = max(16, 4 * -(-max(ds.image_size) // 4))
         epochs = args.eval_classifier_epochs or (30 if len(ds) < 5000 else 3)
         if not (directory / "model.safetensors").is_file():
-            _say(f"training the evaluation classifier on {ds.name} {ds.split} ({len(ds)} images, {epochs} epochs); "
+            say(f"training the evaluation classifier on {ds.name} {ds.split} ({len(ds)} images, {epochs} epochs); "
                  f"cached in {directory}")
         model = load_or_train_eval_classifier(
             key, ds.to_float(), ds.labels, cache_dir=args.cache_dir, device=device, epochs=epochs, seed=0,
@@ -182,7 +182,7 @@ def run_eval_fd(args) -> int:
     from ..eval import evaluate_samples, load_or_compute_reference_stats, predict
     from ..train import load_run, resolve_device, sample_images
 
-    _positive(args, "n", "steps", "batch_size", "k")
+    check_positive(args, "n", "steps", "batch_size", "k")
     if args.eval_classifier_epochs is not None and args.eval_classifier_epochs < 1:
         raise UsageError("--eval-classifier-epochs must be >= 1")
     if args.out is not None and Path(args.out).suffix.lower() != ".json":
@@ -225,11 +225,11 @@ def run_eval_fd(args) -> int:
             sc = dataclasses.replace(cfg.sample, n=n, **changes)
         except ConfigError as e:
             raise UsageError(str(e)) from None
-        guided = _guided_from_args(args, run, sc, device)
-        labels, _, _ = _sample_labels(args, guided, cfg.model.num_classes, n)
+        guided = guided_from_args(args, run, sc, device)
+        labels, _, _ = sample_labels(args, guided, cfg.model.num_classes, n)
         m = cfg.model
         guidance = guided.description if guided is not None else "none"
-        _say(f"sampling {n} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} ({run.weights} "
+        say(f"sampling {n} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} ({run.weights} "
              f"weights, step {run.step}); guidance: {guidance}")
         model, diffusion, options = ((guided.model, guided.diffusion, guided.sampler_options) if guided is not None
                                      else (run.model, run.diffusion, {}))
@@ -247,11 +247,11 @@ def run_eval_fd(args) -> int:
     bs = args.batch_size or 256
     result = evaluate_samples(samples, ref, feat, k=args.k, batch_size=bs)
     report = {"source": source, "guidance": guidance, **result, "featurizer_dir": str(feat_dir)}
-    _say(_fd_line("samples", result))
+    say(_fd_line("samples", result))
     if labels is not None and int(labels.max()) < feat.model.config.num_classes:
         acc = float((predict(feat.model, samples, bs) == labels.long().cpu()).double().mean())
         report["class_accuracy"] = acc
-        _say(f"class accuracy: {acc:.3f} (the eval classifier's predictions vs the requested classes) | "
+        say(f"class accuracy: {acc:.3f} (the eval classifier's predictions vs the requested classes) | "
              f"n={len(samples)} | featurizer {feat.name}")
     if args.floor:
         ds = train_ds()
@@ -261,12 +261,12 @@ def run_eval_fd(args) -> int:
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed or 0))[:n]
         floor = evaluate_samples(ds.get_batch(idx)[0], ref, feat, k=args.k, batch_size=bs)
         report["floor"] = floor
-        _say(_fd_line(f"floor ({n} {dataset} train images)", floor))
+        say(_fd_line(f"floor ({n} {dataset} train images)", floor))
     if args.out is not None:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        _say(f"  {'results:':12s}{out}")
+        say(f"  {'results:':12s}{out}")
     return 0
 
 
@@ -279,7 +279,7 @@ def run_eval_nll(args) -> int:
     from ..eval.nll import evaluate_nll, plot_nll_terms
     from ..train import load_run, resolve_device
 
-    _positive(args, "n", "batch_size")
+    check_positive(args, "n", "batch_size")
     device = resolve_device(args.device)
     run = load_run(args.checkpoint, use_ema=not args.no_ema, device=device)
     _refuse_conditioned(run)
@@ -302,9 +302,9 @@ def run_eval_nll(args) -> int:
     out_dir = Path(args.out) if args.out else _run_dir_of(run.checkpoint) / "eval"
     T = run.diffusion.num_timesteps
     clip = "predicted x_0 clipped to [-1, 1]" if args.clip else "predicted x_0 not clipped"
-    _say(f"NLL of {args.n} {dataset} {args.split} images under {run.checkpoint} ({run.weights} weights, step "
-         f"{run.step}): full bound, {T} network evaluations per batch; conditioning: {conditioning}; {clip}; "
-         f"{args.cdf} normal CDF in L_0")
+    say(f"NLL of {args.n} {dataset} {args.split} images under {run.checkpoint} ({run.weights} weights, step "
+        f"{run.step}): full bound, {T} network evaluations per batch; conditioning: {conditioning}; {clip}; "
+        f"{args.cdf} normal CDF in L_0")
     res = evaluate_nll(run.model, run.diffusion, x.to(device), batch_size=args.batch_size or 64,
                        model_kwargs_fn=kwargs_fn, seed=seed, clip_denoised=args.clip, progress=not args.no_progress,
                        cdf=args.cdf)
@@ -316,13 +316,13 @@ def run_eval_nll(args) -> int:
     json_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     plot = plot_nll_terms(res, out_dir / "nll_terms.png")
     se = f" +- {res.bpd_se:.3f}" if res.n > 1 else ""
-    _say(f"NLL: {res.bpd:.4f}{se} bits/dim (n={res.n} {dataset}/{args.split} images; prior L_T "
+    say(f"NLL: {res.bpd:.4f}{se} bits/dim (n={res.n} {dataset}/{args.split} images; prior L_T "
          f"{res.prior_bpd:.2e}, decoder L_0 {res.decoder_bpd:.4f})")
     for label, path in (("results", json_path), ("plot", plot)):
-        _say(f"  {label + ':':12s}{path}")
+        say(f"  {label + ':':12s}{path}")
     note = None if args.clip else last_term_note(res, run.diffusion)
     if note:
-        _say(note)
+        say(note)
     return 0
 
 

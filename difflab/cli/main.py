@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..config import ConfigError
-from .common import PROG, UsageError, _Parser
+from .common import PROG, UsageError, Parser
 from .evaluate import add_eval_arguments, run_eval
 from .misc import (
     add_config_arguments,
@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser = _Parser(prog=PROG, description="Diffusion models: train, sample, inspect.", parents=[common])
+    parser = Parser(prog=PROG, description="Diffusion models: train, sample, inspect.", parents=[common])
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, parents=[common])
         cmd.add_arguments(p)

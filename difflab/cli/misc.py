@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from .common import UsageError, _add_config_arguments, _config_from_args, _say
+from .common import UsageError, add_config_flags, config_from_args, say
 
 
 def add_show_forward_arguments(p: argparse.ArgumentParser) -> None:
-    _add_config_arguments(p)
+    add_config_flags(p)
     p.add_argument("--dataset", help="sets data.dataset (digits, mnist, fashion-mnist, cifar10, folder)")
     p.add_argument("--data-root", metavar="DIR", help="sets data.root")
     p.add_argument("-n", type=int, default=6, help="images (rows)")
@@ -32,7 +32,7 @@ def run_show_forward(args) -> int:
         extra["data"] = {"dataset": args.dataset}
     if args.data_root is not None:
         extra.setdefault("data", {})["root"] = args.data_root
-    cfg = _config_from_args(args, extra)
+    cfg = config_from_args(args, extra)
     d = cfg.data
     ds = load_dataset(d.dataset, root=d.root, split=d.split, image_size=d.image_size, channels=d.channels,
                       download=d.download, skip_corrupt=d.skip_corrupt)
@@ -47,13 +47,13 @@ def run_show_forward(args) -> int:
     cols = [diffusion.q_sample(x_0, torch.full((args.n,), t, dtype=torch.long), eps) for t in ts]
     path = forward_process_grid(cols, ts, args.out,
                                 title=f"q(x_t | x_0): {cfg.diffusion.schedule} schedule, T={T}")
-    _say(f"wrote {path}")
+    say(f"wrote {path}")
     return 0
 
 
 # ----------------------------------------------------------------------------- config
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    _add_config_arguments(p)
+    add_config_flags(p)
     p.add_argument("--out", metavar="FILE.yaml", help="write the resolved config here instead of printing it")
 
 
@@ -62,9 +62,9 @@ def run_config(args) -> int:
 
     from ..config import save_config
 
-    cfg = _config_from_args(args)
+    cfg = config_from_args(args)
     if args.out:
-        _say(f"wrote {save_config(cfg, args.out)}")
+        say(f"wrote {save_config(cfg, args.out)}")
     else:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
@@ -93,7 +93,7 @@ def run_toy(args) -> int:
     paths = toy_pipeline(args.out, args.dataset, steps=args.steps, n=args.n, sampler=args.sampler,
                          sample_steps=args.sample_steps, seed=args.seed, progress=not args.no_progress)
     for what, path in paths.items():
-        _say(f"{what:>12}: {path}")
+        say(f"{what:>12}: {path}")
     return 0
 
 

@@ -6,7 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import UsageError, _say
+from .common import UsageError, say
+from .sampling import sample_labels, write_outputs
 
 
 def add_conditioning_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,9 +56,8 @@ def _test_images(run, n: int):
 def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
     """Sample a run with a RunConditioning: decode latents, feed prompts or low-resolution inputs."""
     from ..data.transforms import low_res_condition
-    from ..train.autoencoder import psnr
+    from ..eval import psnr
     from ..viz import save_grid
-    from .sample import _sample_labels, _write_outputs
 
     cond, m = run.conditioning, run.config.model
     prompts = cond_images = None
@@ -74,19 +74,19 @@ def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
         nrow = per_prompt
         unknown = cond.prompts.unknown_words(base)
         if unknown:
-            _say(f"note: words never seen in training are read as <unk>: {', '.join(unknown)}")
+            say(f"note: words never seen in training are read as <unk>: {', '.join(unknown)}")
     if args.cond_from_test is not None:
         cond_images = _test_images(run, args.cond_from_test)
         nrow = min(len(cond_images), 8)
     if prompts is None and cond_images is None:
-        labels, seeds, columns = _sample_labels(args, guided, m.num_classes, sc.n)
+        labels, seeds, columns = sample_labels(args, guided, m.num_classes, sc.n)
         options.update(labels=labels, seed_indices=seeds, num_classes=m.num_classes)
         nrow = columns or (m.num_classes if labels is not None and args.class_label is None
                            and len(labels) % m.num_classes == 0 else None)
     n_total = len(prompts) if prompts is not None else len(cond_images) if cond_images is not None else None
     model, diffusion, sampler_options = ((guided.model, guided.diffusion, guided.sampler_options) if guided is not None
                                          else (run.model, run.diffusion, {}))
-    _say(f"sampling {n_total or sc.n} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
+    say(f"sampling {n_total or sc.n} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
          f"({run.weights} weights, step {run.step}) on {device}"
          + (" in latent space" if cond.latent is not None else "")
          + (f"; guidance: {guided.description}" if guided is not None else ""))
@@ -102,6 +102,6 @@ def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
         low = low_res_condition(cond_images, run.config.cond.low_res_factor, cond_images.shape[-1])
         extra.append(("inputs", save_grid(low, out.with_name(out.stem + "-input.png"), nrow=nrow)))
         extra.append(("targets", save_grid(cond_images, out.with_name(out.stem + "-target.png"), nrow=nrow)))
-        _say(f"PSNR to the targets: samples {float(psnr(cond_images, x).mean()):.2f} dB, bilinear upsampling of "
+        say(f"PSNR to the targets: samples {float(psnr(cond_images, x).mean()):.2f} dB, bilinear upsampling of "
              f"the inputs {float(psnr(cond_images, low).mean()):.2f} dB (n={len(x)})")
-    return _write_outputs(args, x, res, out, nrow, t0, extra=extra, decode=cond.decode_frames)
+    return write_outputs(args, x, res, out, nrow, t0, extra=extra, decode=cond.decode_frames)

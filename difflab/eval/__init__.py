@@ -43,6 +43,7 @@ from difflab.eval.inception import (
     load_fid_inception,
 )
 from difflab.eval.prdc import precision_recall
+from difflab.eval.reconstruction import psnr, reconstruction_quality
 
 
 def load_or_compute_reference_stats(
@@ -119,6 +120,8 @@ def evaluate_samples(
 
 
 __all__ = [
+    "psnr",
+    "reconstruction_quality",
     "ClassifierFeaturizer",
     "EvalClassifier",
     "EvalClassifierConfig",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from difflab.eval.featurizers import Featurizer, check_images, resize
+from difflab.files import atomic_write
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -227,8 +227,8 @@ def save_eval_classifier(model: EvalClassifier, directory: str | os.PathLike, me
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     doc = {"kind": "difflab.eval.EvalClassifier", "config": model.config.to_dict(), "metadata": metadata or {}}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(doc, indent=2) + "\n"))
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
+    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(doc, indent=2) + "\n"))
     return directory
 
 
@@ -283,19 +283,6 @@ def load_or_train_eval_classifier(
     meta.update({k: v for k, v in train_kwargs.items() if isinstance(v, (int, float, str, bool))})
     save_eval_classifier(model, path, metadata=meta)
     return model
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; saved weights are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------- featurizer

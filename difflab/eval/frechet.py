@@ -21,11 +21,12 @@ Reference statistics are cached as ``.npz`` files named after featurizer, datase
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from difflab.files import atomic_write
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -76,26 +77,17 @@ class FeatureStats:
         """Write to ``path`` (.npz, atomically)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            extra = {} if self.features is None else {"features": self.features}
-            np.savez(
-                tmp,
-                **extra,
-                mean=self.mean,
-                cov=self.cov,
-                n=np.int64(self.n),
-                featurizer_name=np.str_(self.featurizer_name),
-                dataset=np.str_(self.dataset),
-                split=np.str_(self.split),
-            )
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        extra = {} if self.features is None else {"features": self.features}
+        atomic_write(path, lambda tmp: np.savez(
+            tmp,
+            **extra,
+            mean=self.mean,
+            cov=self.cov,
+            n=np.int64(self.n),
+            featurizer_name=np.str_(self.featurizer_name),
+            dataset=np.str_(self.dataset),
+            split=np.str_(self.split),
+        ), suffix=".tmp.npz")
         return path
 
     @classmethod

@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import rng
 from .attention import SelfAttention2d
-from .unet import ConfigMixin, _check_int
+from .base import ConfigMixin, check_int
 
 RECON_LOSSES = ("l1", "l2")
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0      # clamp of log sigma^2, as in latent-diffusion
@@ -68,12 +68,12 @@ class AutoencoderConfig(ConfigMixin):
     def __post_init__(self):
         for name in ("in_channels", "image_size", "base_channels", "num_res_blocks", "latent_channels",
                      "norm_groups", "disc_channels", "disc_layers"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("disc_start", self.disc_start, 0)
+            check_int(name, getattr(self, name), 1)
+        check_int("disc_start", self.disc_start, 0)
         if not isinstance(self.channel_mult, tuple) or not self.channel_mult:
             raise ValueError(f"channel_mult must be a non-empty tuple of ints, got {self.channel_mult!r}")
         for m in self.channel_mult:
-            _check_int("each channel_mult entry", m, 1)
+            check_int("each channel_mult entry", m, 1)
         if self.image_size % self.downsample_factor:
             raise ValueError(f"image_size={self.image_size} is not divisible by the downsampling factor "
                              f"f={self.downsample_factor} (channel_mult={self.channel_mult})")
@@ -129,9 +129,10 @@ class DiagonalGaussian:
         mean, logvar = moments.chunk(2, dim=1)
         return cls(mean, logvar)
 
-    def sample(self, generator: rng.Generator = None) -> torch.Tensor:
-        """z = mean + std * eps (reparametrised, differentiable in mean and logvar)."""
-        eps = rng.randn(self.mean.shape, generator, device=self.mean.device, dtype=self.mean.dtype)
+    def sample(self, generator: rng.Generator = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """z = mean + std * eps (reparametrised, differentiable in mean and logvar); ``noise``: eps given."""
+        eps = noise if noise is not None else rng.randn(self.mean.shape, generator, device=self.mean.device,
+                                                        dtype=self.mean.dtype)
         return self.mean + self.std * eps
 
     def mode(self) -> torch.Tensor:
@@ -258,9 +259,10 @@ class AutoencoderKL(nn.Module):
         """Weight of the decoder's output convolution (for the adaptive adversarial weight)."""
         return self.decoder.conv_out.weight
 
-    def forward(self, x: torch.Tensor, generator: rng.Generator = None, sample_posterior: bool = True):
+    def forward(self, x: torch.Tensor, generator: rng.Generator = None, sample_posterior: bool = True,
+                noise: torch.Tensor | None = None):
         posterior = self.encode(x)
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        z = posterior.sample(generator, noise) if sample_posterior else posterior.mode()
         return self.decode(z), posterior
 
 
@@ -279,7 +281,7 @@ class PatchDiscriminator(nn.Module):
 
     def __init__(self, in_channels: int, channels: int = 64, n_layers: int = 3):
         super().__init__()
-        _check_int("n_layers", n_layers, 1)
+        check_int("n_layers", n_layers, 1)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         ch = channels
         for i in range(1, n_layers + 1):
@@ -331,7 +333,8 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
 
 
 def autoencoder_loss(ae: AutoencoderKL, x: torch.Tensor, *, step: int, discriminator: nn.Module | None = None,
-                     generator: rng.Generator = None, sample_posterior: bool = True) -> dict[str, torch.Tensor]:
+                     generator: rng.Generator = None, sample_posterior: bool = True,
+                     noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The autoencoder's (generator's) training terms, per example (every value has ``B`` rows).
 
     Keys: ``loss`` (minimise its mean), ``rec``, ``kl``, ``g_loss`` and ``d_weight`` (zeros before
@@ -344,7 +347,7 @@ def autoencoder_loss(ae: AutoencoderKL, x: torch.Tensor, *, step: int, discrimin
     parameters: zero them before the discriminator's own step.
     """
     cfg = ae.config
-    x_rec, posterior = ae(x, generator, sample_posterior)
+    x_rec, posterior = ae(x, generator, sample_posterior, noise)
     rec = reconstruction_error(x, x_rec, cfg.recon_loss)
     kl = posterior.kl()
     loss = rec + cfg.kl_weight * kl

@@ -18,8 +18,8 @@ from torch import nn
 
 from .attention import resolve_heads
 from .embeddings import TimestepEmbedding
-from .unet import (ConfigMixin, _check_int, build_encoder, build_middle, level_resolutions,
-                   prefer_channels_last, run_block, validate_encoder_fields)
+from .base import ConfigMixin, check_int, level_resolutions, validate_encoder_fields
+from .unet import build_encoder, build_middle, prefer_channels_last, run_block
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ClassifierConfig(ConfigMixin):
 
     def __post_init__(self):
         validate_encoder_fields(self)
-        _check_int("num_classes", self.num_classes, 1)
+        check_int("num_classes", self.num_classes, 1)
         if self.pool not in ("attention", "adaptive"):
             raise ValueError(f"pool must be 'attention' or 'adaptive', got {self.pool!r}")
 

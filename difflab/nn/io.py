@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..files import atomic_write
 from .classifier import ClassifierConfig, EncoderClassifier
 from .unet import UNet, UNetConfig
 
@@ -27,18 +27,6 @@ MODEL_CLASSES: dict[str, tuple[type[nn.Module], type]] = {
 }
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_pretrained(module: nn.Module, directory: str | os.PathLike) -> Path:
     """Write ``module``'s weights and config to ``directory`` (created if needed); atomic per file."""
     from safetensors.torch import save_file
@@ -50,8 +38,8 @@ def save_pretrained(module: nn.Module, directory: str | os.PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     meta = {"format_version": FORMAT_VERSION, "class_name": class_name, "config": module.config.to_dict()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"class_name": class_name}))
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"class_name": class_name}))
+    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     return directory
 
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from .attention import FeedForward, MultiHeadAttention
 from .embeddings import ClassEmbedding
-from .unet import ConfigMixin, _check_int
+from .base import ConfigMixin, check_int
 
 PAD, UNK = "<pad>", "<unk>"
 SPECIAL_TOKENS = (PAD, UNK)          # ids 0 and 1 in every vocabulary
@@ -50,8 +50,8 @@ class ClassEncoderConfig(ConfigMixin):
     dim: int = 64
 
     def __post_init__(self):
-        _check_int("num_classes", self.num_classes, 1)
-        _check_int("dim", self.dim, 1)
+        check_int("num_classes", self.num_classes, 1)
+        check_int("dim", self.dim, 1)
 
 
 class ClassEncoder(nn.Module):
@@ -140,7 +140,7 @@ class TextEncoderConfig(ConfigMixin):
         if self.vocab[:2] != SPECIAL_TOKENS:
             raise ValueError(f"vocab must start with {SPECIAL_TOKENS}; build it with build_vocab()")
         for name in ("dim", "depth", "heads", "max_length"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
 
@@ -243,7 +243,7 @@ class PretrainedTextEncoder:
     def __init__(self, model_dir: str | Path | None = None, *, max_length: int = 32, device="cpu",
                  cache: bool = True):
         transformers = _import_transformers()
-        _check_int("max_length", max_length, 2)
+        check_int("max_length", max_length, 2)
         self.model_dir = Path(model_dir) if model_dir is not None else minilm_model_dir()
         self.max_length = max_length
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)

@@ -18,89 +18,19 @@ GroupNorm, SiLU, zero-initialised ``conv_out``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import SelfAttention2d, SpatialTransformer, resolve_heads, zero_module
+from .attention import SelfAttention2d, SpatialTransformer, zero_module
+from .base import ConfigMixin, check_int, level_resolutions, validate_encoder_fields
 from .embeddings import ClassEmbedding, TimestepEmbedding
 
 # ----------------------------------------------------------------------------------------
 # Config
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def level_resolutions(image_size: int, num_levels: int) -> list[int]:
-    """Spatial size at each level: ``image_size / 2**i``."""
-    return [image_size // 2**i for i in range(num_levels)]
-
-
-def validate_encoder_fields(cfg: Any) -> None:
-    """Checks shared by the U-Net and the encoder classifier configs."""
-    _check_int("image_size", cfg.image_size, 1)
-    _check_int("in_channels", cfg.in_channels, 1)
-    _check_int("model_channels", cfg.model_channels, 1)
-    _check_int("num_res_blocks", cfg.num_res_blocks, 1)
-    _check_int("norm_groups", cfg.norm_groups, 1)
-    if not isinstance(cfg.channel_mult, tuple) or not cfg.channel_mult:
-        raise ValueError(f"channel_mult must be a non-empty tuple of ints, got {cfg.channel_mult!r}")
-    for m in cfg.channel_mult:
-        _check_int("each channel_mult entry", m, 1)
-    levels = len(cfg.channel_mult)
-    factor = 2 ** (levels - 1)
-    if cfg.image_size % factor:
-        raise ValueError(
-            f"image_size={cfg.image_size} is not divisible by 2**(levels-1)={factor} for "
-            f"{levels} levels (channel_mult={cfg.channel_mult}); use fewer levels or a size divisible by {factor}"
-        )
-    for m in (1,) + cfg.channel_mult:
-        ch = cfg.model_channels * m
-        if ch % cfg.norm_groups:
-            raise ValueError(f"channel width {ch} is not divisible by norm_groups={cfg.norm_groups}")
-    resolutions = level_resolutions(cfg.image_size, levels)
-    if not isinstance(cfg.attention_resolutions, tuple):
-        raise ValueError(f"attention_resolutions must be a tuple, got {cfg.attention_resolutions!r}")
-    bad = [r for r in cfg.attention_resolutions if r not in resolutions]
-    if bad:
-        raise ValueError(f"attention_resolutions {bad} are not level resolutions; allowed: {resolutions}")
-    if cfg.num_head_channels != -1:
-        _check_int("num_head_channels (or -1)", cfg.num_head_channels, 1)
-    _check_int("num_heads", cfg.num_heads, 1)
-    for m in cfg.channel_mult:   # every width that may carry attention must split into heads
-        resolve_heads(cfg.model_channels * m, cfg.num_heads, cfg.num_head_channels)
-    if not (isinstance(cfg.dropout, (int, float)) and 0.0 <= cfg.dropout < 1.0):
-        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
-
-
-class ConfigMixin:
-    """``to_dict`` / ``from_dict`` for frozen config dataclasses (tuples become lists in JSON)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys: {unknown}; allowed: {sorted(names)}")
-        kwargs = {}
-        for k, v in d.items():
-            kwargs[k] = tuple(v) if isinstance(v, list) else v
-        return cls(**kwargs)
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -140,18 +70,18 @@ class UNetConfig(ConfigMixin):
     def __post_init__(self):
         validate_encoder_fields(self)
         if self.out_channels is not None:
-            _check_int("out_channels", self.out_channels, 1)
+            check_int("out_channels", self.out_channels, 1)
         if self.num_classes is not None:
-            _check_int("num_classes (or None)", self.num_classes, 1)
-        _check_int("cond_channels", self.cond_channels, 0)
-        _check_int("transformer_depth", self.transformer_depth, 1)
+            check_int("num_classes (or None)", self.num_classes, 1)
+        check_int("cond_channels", self.cond_channels, 0)
+        check_int("transformer_depth", self.transformer_depth, 1)
         if not isinstance(self.cross_attention_resolutions, tuple):
             raise ValueError(f"cross_attention_resolutions must be a tuple, got {self.cross_attention_resolutions!r}")
         if self.context_dim is None:
             if self.cross_attention_resolutions:
                 raise ValueError("cross_attention_resolutions is set but context_dim is None; set context_dim")
         else:
-            _check_int("context_dim (or None)", self.context_dim, 1)
+            check_int("context_dim (or None)", self.context_dim, 1)
             resolutions = level_resolutions(self.image_size, len(self.channel_mult))
             bad = [r for r in self.cross_attention_resolutions if r not in resolutions]
             if bad:

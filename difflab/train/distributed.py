@@ -76,6 +76,15 @@ def mean_over_ranks(value: float, info: DistInfo, device: torch.device) -> float
     return float(t.item()) / info.world_size
 
 
+def mean_over_ranks_many(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Element-wise mean of ``values`` over all processes, in one collective."""
+    if not info.enabled or not values:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return [float(v) / info.world_size for v in t.tolist()]
+
+
 def gather_tensors(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     """``t`` from every rank (same shape everywhere), in rank order; ``[t]`` without DDP."""
     if not info.enabled:
@@ -97,3 +106,20 @@ def check_replicas_in_sync(model: torch.nn.Module, info: DistInfo, device: torch
     if any(not torch.equal(sigs[0], s) for s in sigs[1:]):
         raise RuntimeError("data-parallel replicas have diverged (their parameters differ); "
                            "this is a bug: please report it with the run's config.yaml")
+
+
+def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
+    """Average the gradients of ``params`` over all processes, in one collective (what DDP's reducer
+    does, for any module and any number of optimisers). Parameters without a gradient (unused by this
+    step's loss, on every rank alike) keep none, so the optimiser skips them as it would in one process."""
+    params = [p for p in params if p.grad is not None]
+    if not info.enabled or not params:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
+
+from ..files import atomic_write
+from ..viz import plot_losses
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -35,17 +39,20 @@ class MetricsLogger:
         self.jsonl = self.run_dir / METRICS_JSONL
         self.csv = self.run_dir / METRICS_CSV
         rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step] if resume_step else []
-        # rewritten via a temp file + os.replace: a crash here never loses the rows logged so far
-        tmp = self.jsonl.with_name(f".{METRICS_JSONL}.tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(tmp, self.jsonl)
-        tmp = self.csv.with_name(f".{METRICS_CSV}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.csv)
+
+        def write_jsonl(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+
+        def write_csv(tmp):
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+
+        # rewritten atomically: a crash here never loses the rows logged so far
+        atomic_write(self.jsonl, write_jsonl, sync=False)
+        atomic_write(self.csv, write_csv, sync=False)
         self.tb = None
         if tensorboard:
             try:
@@ -67,3 +74,14 @@ class MetricsLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def plot_metrics(run_dir: str | os.PathLike) -> Path | None:
+    """``loss.png``: the training loss of ``metrics.jsonl`` (None with fewer than two finite rows)."""
+    rows = read_metrics(run_dir)
+    rows = [r for r in rows if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
+    if len(rows) < 2:
+        return None
+    smooth = min(0.9, max(0.0, 1.0 - 20.0 / len(rows)))   # lighter smoothing for short runs
+    return plot_losses([r["step"] for r in rows], [r["loss"] for r in rows], Path(run_dir) / "loss.png",
+                       smooth=smooth, title="training loss")

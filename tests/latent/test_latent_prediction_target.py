@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from difflab.config import RUN_PRESETS, DiffusionConfig
-from difflab.train.conditioning import unclipped_eps_warning
+from difflab.conditioning import unclipped_eps_warning
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])

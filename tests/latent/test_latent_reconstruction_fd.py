@@ -12,7 +12,8 @@ from difflab.data import load_dataset
 from difflab.eval import ClassifierFeaturizer, EvalClassifier, EvalClassifierConfig, compute_stats, \
     frechet_distance, save_eval_classifier
 from difflab.nn.autoencoder import AutoencoderKL, DiagonalGaussian, get_ae_preset
-from difflab.train.autoencoder import load_autoencoder, reconstruction_quality
+from difflab.eval import reconstruction_quality
+from difflab.runs import load_autoencoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _cli_helpers import AE, run_cli  # noqa: E402

@@ -13,7 +13,8 @@ from difflab.data import load_dataset
 from difflab.data.transforms import low_res_condition
 from difflab.latent import compute_scale_factor
 from difflab.nn.autoencoder import AutoencoderKL
-from difflab.train.autoencoder import load_autoencoder, reconstruction_quality
+from difflab.eval import reconstruction_quality
+from difflab.runs import load_autoencoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _cli_helpers import AE, LATENT, TEXT, run_cli  # noqa: E402

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from difflab.config import resolve_config
-from difflab.train import checkpoint as ckpt_mod
+from difflab.runs import checkpoint as ckpt_mod
 from difflab.train import train
 from difflab.train.ema import EMA
 
@@ -171,10 +171,10 @@ def preload(cfg):
 
     import difflab.nn.unet  # noqa: F401
     import difflab.viz  # noqa: F401
-    from difflab.train.loop import load_training_data
+    from difflab.train.data import load_images
 
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])   # its first use imports torch._dynamo (~2 s)
-    return load_training_data(cfg, lambda msg: None)
+    return load_images(cfg.data, lambda msg: None)
 
 
 def main(work: Path) -> None:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from difflab.cli import main
 from difflab.diffusion import GaussianDiffusion
 from difflab.train import CheckpointError, list_checkpoints, load_run, read_latest, resolve_checkpoint
-from difflab.train.checkpoint import CHECKPOINT_FILES, load_training_state
+from difflab.runs import CHECKPOINT_FILES, load_training_state
 from difflab.train.ema import EMA
 from difflab.train.metrics import read_metrics
 

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from difflab.config import ConfigError, resolve_config, save_config
 from difflab.diffusion import DiffusionConfig
-from difflab.train.classifier import (accuracy_by_noise_level, load_classifier, resolve_classifier_config,
+from difflab.runs import load_classifier
+from difflab.train.classifier import (accuracy_by_noise_level, resolve_classifier_config,
                                       timestep_buckets, train_classifier)
 
 QUIET = dict(progress=False, log=lambda msg: None)

@@ -142,7 +142,8 @@ def test_example_config_files_resolve():
 
     files = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.*"))
     assert files
-    from difflab.train.classifier import ClassifierRunConfig, resolve_classifier_config
+    from difflab.config import ClassifierRunConfig
+    from difflab.train.classifier import resolve_classifier_config
 
     for f in files:
         if f.name.startswith("classifier-"):   # noise-aware classifier runs (difflab train-classifier)

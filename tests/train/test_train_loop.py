@@ -12,8 +12,9 @@ from difflab.config import ConfigError, resolve_config
 from difflab.diffusion import GaussianDiffusion
 from difflab.train import (EMA, CheckpointError, NonFiniteLossError, learning_rate, list_checkpoints, load_run,
                            read_latest, train)
-from difflab.train import checkpoint as ckpt_mod
-from difflab.train.loop import IndexStream, draw_batch
+from difflab.runs import checkpoint as ckpt_mod
+from difflab.train.data import IndexStream
+from difflab.train.diffusion import draw_batch
 from difflab.train.metrics import read_metrics
 
 QUIET = dict(progress=False, log=lambda msg: None)
@@ -221,8 +222,8 @@ def test_corrupt_checkpoints_are_reported_clearly(tmp_path):
 def test_time_budget_stops_training_and_checkpoints_by_training_time(tmp_path, monkeypatch):
     import types
 
-    import difflab.train.loop as loop
-    from difflab.train.checkpoint import load_training_state
+    import difflab.train.engine as loop
+    from difflab.runs import load_training_state
 
     # a fake clock that advances one second per reading: every optimiser step takes exactly 1 s
     clock = iter(range(10**6))
@@ -255,7 +256,7 @@ def test_learning_rate_decay_follows_the_time_budget_when_it_comes_first():
 def test_a_time_budget_ends_the_cosine_decay_at_the_budget(tmp_path, monkeypatch):
     import types
 
-    import difflab.train.loop as loop
+    import difflab.train.engine as loop
 
     clock = iter(range(10**6))   # every optimiser step takes exactly 1 s
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))

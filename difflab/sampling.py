@@ -7,17 +7,18 @@ not depend on how many are drawn or on the batch size.
 
 from __future__ import annotations
 
-import math
-
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
-from ..config import SampleConfig
-from ..rng import per_sample_generators, randn
-from ..samplers import SampleOutput, get_sampler
+from .config import SampleConfig
+from .guidance import CONVENTIONS, classifier_free, classifier_guidance, dynamic_threshold, null_label
+from .rng import per_sample_generators, randn
+from .samplers import SampleOutput, get_sampler
 
 SEED_STRIDE = 1 << 20   # sample i of seed s uses generator seed s * SEED_STRIDE + i
 
@@ -107,8 +108,6 @@ class GuidanceOptions:
     classifier_scale: float = 1.0
 
     def __post_init__(self):
-        from ..guidance import CONVENTIONS
-
         if self.convention not in CONVENTIONS:
             raise ValueError(f"guidance convention must be one of {', '.join(CONVENTIONS)}, got {self.convention!r}")
         if self.guidance_scale is not None and not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
@@ -150,8 +149,6 @@ class GuidedModel:
 
 def check_classifier_matches(run, classifier) -> None:
     """Raise ValueError unless the noise-aware ``classifier`` (a LoadedClassifier) fits ``run`` (a LoadedRun)."""
-    import numpy as np
-
     m, c = run.config.model, classifier.config.model
     where = f"the classifier {classifier.checkpoint}"
     if m.num_classes is not None and c.num_classes != m.num_classes:
@@ -172,10 +169,8 @@ def check_classifier_matches(run, classifier) -> None:
 def with_default_guidance(model, config, prompts=None):
     """``model`` with the run's default classifier-free guidance (``config.sample.guidance_scale``, the w
     convention), as :func:`build_guided_model` applies it without options: the null condition is the
-    empty prompt of ``prompts`` (a text run's :class:`~difflab.train.conditioning.Prompts`) or
+    empty prompt of ``prompts`` (a text run's :class:`~difflab.conditioning.Prompts`) or
     the null class. Unchanged when no default is set or the model takes no class or prompt."""
-    from ..guidance import classifier_free, null_label
-
     w = config.sample.guidance_scale
     if w is None:
         return model
@@ -188,17 +183,15 @@ def with_default_guidance(model, config, prompts=None):
 
 def build_guided_model(run, sample: SampleConfig, guidance: GuidanceOptions | None = None,
                        classifier=None) -> GuidedModel:
-    """The guided model function for a :class:`~difflab.train.LoadedRun` sampled as ``sample`` says
+    """The guided model function for a :class:`~difflab.runs.LoadedRun` sampled as ``sample`` says
     (without ``guidance``: classifier-free guidance by ``sample.guidance_scale`` when that is set).
 
     Classifier-free guidance wraps the network first (one batched call, null class =
     ``model.num_classes``); classifier guidance (``classifier``: a
-    :class:`~difflab.train.classifier.LoadedClassifier` on the same device) wraps the result,
+    :class:`~difflab.runs.LoadedClassifier` on the same device) wraps the result,
     with guided diffusion's DDPM mean shift for the ``ddpm`` sampler (on the respaced chain
     being sampled) and the eps rule (eq. 14) for every other sampler.
     """
-    from ..guidance import classifier_free, classifier_guidance, dynamic_threshold, null_label
-
     g = guidance or GuidanceOptions(guidance_scale=sample.guidance_scale)   # default: the run's own guidance
     m = run.config.model
     model, diffusion, options, parts = run.model, run.diffusion, {}, []

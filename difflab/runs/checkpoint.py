@@ -1,6 +1,7 @@
-"""Training checkpoints: one folder per checkpoint, written atomically.
+"""Checkpoints: one folder per checkpoint, written atomically; the one writer and the readers
+of every run kind (diffusion, classifier, autoencoder).
 
-Layout of a run folder::
+Layout of a (diffusion) run folder::
 
     RUN_DIR/config.yaml                      the resolved RunConfig
     RUN_DIR/checkpoints/latest               text file naming the newest complete checkpoint
@@ -32,13 +33,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import safetensors.torch as st
 import torch
+from safetensors import SafetensorError
 
-from ..config import ConfigError, RunConfig, load_config, save_config
+from ..files import fsync_dir, fsync_path, write_text_atomic
+from ..nn.io import check_state_dict
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_NAME = "latest"
@@ -47,7 +50,10 @@ EMA_NAME = "ema.safetensors"
 STATE_NAME = "training_state.pt"
 CONFIG_NAME = "config.yaml"
 CHECKPOINT_FILES = (MODEL_NAME, EMA_NAME, STATE_NAME, CONFIG_NAME)
-_STEP_RE = re.compile(r"^step_(\d+)$")
+CLASSIFIER_CONFIG_NAME = "classifier.yaml"
+AE_CONFIG_NAME = "autoencoder.yaml"
+RUN_CONFIG_NAMES = (CONFIG_NAME, CLASSIFIER_CONFIG_NAME, AE_CONFIG_NAME)   # diffusion, classifier, autoencoder
+STEP_RE = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointError(ValueError):
@@ -65,51 +71,10 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a file, or a folder a writer made (e.g. a saved autoencoder) with everything in it."""
-    if not path.is_dir():
-        _fsync_file(path)
-        return
-    for p in sorted(path.rglob("*")):
-        _fsync_file(p) if p.is_file() else _fsync_dir(p)
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_config_yaml(cfg, path: str | os.PathLike) -> Path:
-    """Write a config dataclass (anything with ``to_dict``) as YAML, atomically; returns the path."""
-    import yaml
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return path
+def checkpoint_step(ckpt: Path) -> int:
+    """The step of a ``step_NNNNNNNN`` checkpoint folder (-1 for a folder named otherwise)."""
+    m = STEP_RE.match(Path(ckpt).name)
+    return int(m.group(1)) if m else -1
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -117,32 +82,20 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_RE.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[str, torch.Tensor],
-                    ema_state: dict[str, torch.Tensor], training_state: dict[str, Any], config: RunConfig,
-                    keep: int = 3, extra_files: dict[str, Callable[[Path], Any]] | None = None) -> Path:
-    """Write checkpoint ``step`` atomically, point ``latest`` at it, prune to ``keep``; return its folder.
-    ``extra_files``: more ``name -> writer(path)`` entries (e.g. a latent run's autoencoder).
-
-    Raises :class:`CheckpointWriteError` when the disk is full or the folder unwritable; the
-    previous checkpoint and the ``latest`` pointer are then unchanged."""
-    from safetensors.torch import save_file
-
-    meta = {"step": str(step)}
-    return save_checkpoint_files(run_dir, step, {
-        MODEL_NAME: lambda path: save_file(_cpu(model_state), str(path), metadata=meta),
-        EMA_NAME: lambda path: save_file(_cpu(ema_state), str(path), metadata=meta),
-        STATE_NAME: lambda path: torch.save(training_state, path),
-        CONFIG_NAME: lambda path: save_config(config, path),
-        **(extra_files or {}),
-    }, keep=keep)
-
-
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def cpu_state(module_or_state) -> dict[str, torch.Tensor]:
+    """A module's (or a state dict's) tensors, detached, on the CPU and contiguous: what safetensors writes."""
+    state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def weights_writer(state: dict[str, torch.Tensor], step: int) -> Callable[[Path], None]:
+    """A checkpoint file writer for a state dict (safetensors, the step in its metadata)."""
+    tensors = cpu_state(state)
+    return lambda path: st.save_file(tensors, str(path), metadata={"step": str(step)})
 
 
 def save_checkpoint_files(run_dir: str | os.PathLike, step: int, writers: dict[str, Callable[[Path], None]], *,
@@ -182,8 +135,8 @@ def _write_checkpoint(root: Path, final: Path, writers: dict[str, Callable[[Path
         for name, write in writers.items():
             write(tmp / name)
         for name in writers:
-            _fsync_path(tmp / name)
-        _fsync_dir(tmp)
+            fsync_path(tmp / name)
+        fsync_dir(tmp)
         if final.exists():   # re-saving a step (e.g. after a resume): move the old copy aside first
             _repoint_latest_away_from(root, final)   # so no crash leaves `latest` naming a missing folder
             old = root / f".old-{final.name}-{os.getpid()}"
@@ -192,12 +145,12 @@ def _write_checkpoint(root: Path, final: Path, writers: dict[str, Callable[[Path
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(root / LATEST_NAME, final.name + "\n")
-    _fsync_dir(root)
+    write_text_atomic(root / LATEST_NAME, final.name + "\n")
+    fsync_dir(root)
 
 
 def _repoint_latest_away_from(root: Path, final: Path) -> None:
@@ -210,10 +163,10 @@ def _repoint_latest_away_from(root: Path, final: Path) -> None:
         return
     others = [p for p in list_checkpoints(root.parent) if p != final]
     if others:
-        _write_text_atomic(pointer, others[-1].name + "\n")
+        write_text_atomic(pointer, others[-1].name + "\n")
     else:
         pointer.unlink()   # no other checkpoint: better none than one naming a missing folder
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
@@ -234,9 +187,8 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
         for p in root.glob(pattern):
             if not p.name.endswith(f"-{os.getpid()}"):
                 shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(f".{LATEST_NAME}.tmp*"):
-        if p.name != f".{LATEST_NAME}.tmp{os.getpid()}":
-            p.unlink(missing_ok=True)
+    for p in root.glob(f".{LATEST_NAME}.*.tmp"):   # the pointer's temporary files (difflab.files.atomic_write)
+        p.unlink(missing_ok=True)
 
 
 def read_latest(run_dir: str | os.PathLike) -> Path | None:
@@ -246,7 +198,7 @@ def read_latest(run_dir: str | os.PathLike) -> Path | None:
     if not pointer.is_file():
         return None
     name = pointer.read_text(encoding="utf-8").strip()
-    if not _STEP_RE.match(name):
+    if not STEP_RE.match(name):
         raise CheckpointError(f"{pointer} is corrupt (it should name a step_NNNNNNNN folder, got {name[:40]!r})")
     return root / name
 
@@ -270,7 +222,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
                                   "is missing)")
         if not latest.is_dir():
             raise CheckpointError(f"{run_dir / CHECKPOINTS_DIR / LATEST_NAME} names {latest.name}, which does not exist"
-                                  + _earlier_hint(run_dir, latest))
+                                  + earlier_hint(run_dir, latest))
         return latest
     if (p / CONFIG_NAME).is_file():   # a run folder whose first checkpoint was never finished
         raise CheckpointError(f"{p} has no finished checkpoint yet (no {CHECKPOINTS_DIR}/step_* folder); "
@@ -279,93 +231,56 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
                           f"(with {MODEL_NAME})")
 
 
-def _earlier_hint(run_dir: Path, bad: Path) -> str:
+def checkpoint_of_kind(path: str | os.PathLike, config_name: str, not_this_kind: str) -> Path:
+    """The checkpoint folder (a run's latest, or the folder given) whose config file is ``config_name``;
+    ``not_this_kind`` is the message when it holds another kind of run's config instead."""
+    ckpt = resolve_checkpoint(path)
+    if not (ckpt / config_name).is_file():
+        if any((ckpt / other).is_file() for other in RUN_CONFIG_NAMES if other != config_name):
+            raise CheckpointError(f"{path} {not_this_kind}")
+        raise checkpoint_error(ckpt, f"{config_name} is missing", "file not found")
+    return ckpt
+
+
+def earlier_hint(run_dir: Path, bad: Path) -> str:
     others = [c for c in list_checkpoints(run_dir) if c != bad]
     return f"; an earlier checkpoint is {others[-1]} (pass that path to --resume / --checkpoint)" if others else ""
 
 
-def _corrupt(ckpt: Path, what: str, err: BaseException | str) -> CheckpointError:
+def checkpoint_error(ckpt: Path, what: str, err: BaseException | str) -> CheckpointError:
     run_dir = ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS_DIR else None
-    hint = _earlier_hint(run_dir, ckpt) if run_dir is not None else ""
+    hint = earlier_hint(run_dir, ckpt) if run_dir is not None else ""
     detail = err if isinstance(err, str) else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return CheckpointError(f"checkpoint {ckpt} is corrupt or incomplete: {what} ({detail}){hint}")
 
 
 def load_weights(ckpt: Path, name: str = EMA_NAME) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = ckpt / name
     if not path.is_file():
-        raise _corrupt(ckpt, f"{name} is missing", "file not found")
+        raise checkpoint_error(ckpt, f"{name} is missing", "file not found")
     try:
-        return load_file(str(path))
+        return st.load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise _corrupt(ckpt, f"{name} could not be read", e) from None
+        raise checkpoint_error(ckpt, f"{name} could not be read", e) from None
 
 
 def load_training_state(ckpt: Path) -> dict[str, Any]:
     path = ckpt / STATE_NAME
     if not path.is_file():
-        raise _corrupt(ckpt, f"{STATE_NAME} is missing", "file not found")
+        raise checkpoint_error(ckpt, f"{STATE_NAME} is missing", "file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # torch.load raises many types (pickle, zip, EOF) for damaged files
-        raise _corrupt(ckpt, f"{STATE_NAME} could not be read", e) from None
+        raise checkpoint_error(ckpt, f"{STATE_NAME} could not be read", e) from None
     if not isinstance(state, dict) or "step" not in state:
-        raise _corrupt(ckpt, f"{STATE_NAME} has no 'step'", "not a difflab training state")
+        raise checkpoint_error(ckpt, f"{STATE_NAME} has no 'step'", "not a difflab training state")
     return state
 
 
-def load_checkpoint_config(ckpt: Path) -> RunConfig:
-    path = ckpt / CONFIG_NAME
-    for other, kind in (("autoencoder.yaml", "an autoencoder"), ("classifier.yaml", "a classifier")):
-        if not path.is_file() and (ckpt / other).is_file():
-            raise CheckpointError(f"{ckpt} belongs to {kind} run, not to a diffusion run")
-    if not path.is_file():
-        raise _corrupt(ckpt, f"{CONFIG_NAME} is missing", "file not found")
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        raise _corrupt(ckpt, f"{CONFIG_NAME} is not a valid run config", str(e)) from None
-
-
 def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], ckpt: Path, name: str) -> None:
-    from ..nn.io import check_state_dict
-
+    """Load ``tensors`` (checkpoint file ``name``) into ``module``; a CheckpointError naming any mismatch."""
     try:
         check_state_dict(module, tensors, source=str(ckpt / name))
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     module.load_state_dict(tensors)
-
-
-@dataclass
-class LoadedRun:
-    """A trained network ready to sample: its config, the module (eval mode), the diffusion."""
-
-    config: RunConfig
-    model: torch.nn.Module
-    diffusion: Any
-    checkpoint: Path
-    step: int
-    weights: str        # "ema" or "model"
-    conditioning: Any = None   # a difflab.train.conditioning.RunConditioning (latent / text / low-res runs)
-
-
-def load_run(path: str | os.PathLike, *, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedRun:
-    """Load a run folder's latest checkpoint (or a given checkpoint folder) for sampling."""
-    from ..nn.unet import UNet
-    from .conditioning import RunConditioning
-
-    ckpt = resolve_checkpoint(path)
-    cfg = load_checkpoint_config(ckpt)
-    name = EMA_NAME if use_ema else MODEL_NAME
-    tensors = load_weights(ckpt, name)
-    conditioning = RunConditioning.from_checkpoint(cfg, ckpt, device)
-    model = UNet(cfg.model) if conditioning is None else conditioning.network(UNet(cfg.model))
-    load_state_into(model, tensors, ckpt, name)
-    model.eval().requires_grad_(False)
-    step = int(_STEP_RE.match(ckpt.name).group(1)) if _STEP_RE.match(ckpt.name) else -1
-    return LoadedRun(cfg, model.to(device), cfg.diffusion.build(), ckpt, step, "ema" if use_ema else "model",
-                     conditioning)

@@ -36,14 +36,16 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import ConfigError, RunConfig
-from ..data.transforms import low_res_condition, uint8_to_float
-from ..latent import NUMBER_WORDS, TRAIN_TEMPLATES, LatentDiffusion, make_mnist_captions, scale_factor_from_latents
-from ..nn.autoencoder import DiagonalGaussian
-from ..nn.text import UNK, PretrainedTextEncoder, TextEncoder, TextEncoderConfig, WordTokenizer, empty_prompt_uncond, \
+from .config import ConfigError, RunConfig
+from .data.transforms import low_res_condition, uint8_to_float
+from .files import write_text_atomic
+from .latent import NUMBER_WORDS, TRAIN_TEMPLATES, LatentDiffusion, make_mnist_captions, scale_factor_from_latents
+from .nn.autoencoder import AutoencoderKL, DiagonalGaussian
+from .nn.conditioned import TextConditionedUNet
+from .nn.text import UNK, PretrainedTextEncoder, TextEncoder, TextEncoderConfig, WordTokenizer, empty_prompt_uncond, \
     split_words
-from .checkpoint import CheckpointError, _corrupt, _write_text_atomic
 from .sampling import sample_images, with_default_guidance
+from .viz import save_grid
 
 LATENT_DIR = "latent"
 TEXT_ENCODER_JSON = "text_encoder.json"
@@ -99,30 +101,25 @@ class RunConditioning:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def for_training(cls, config: RunConfig, ds, device, ckpt: Path | None, log) -> "RunConditioning | None":
-        """For a run about to train on ``ds`` (resuming from ``ckpt`` when given); None for plain runs."""
+    def for_training(cls, config: RunConfig, ds, device, log, *, latent: LatentDiffusion | None = None,
+                     text_config: TextEncoderConfig | None = None, autoencoder: AutoencoderKL | None = None
+                     ) -> "RunConditioning | None":
+        """For a run about to train on ``ds``; None for plain runs. A fresh latent run passes the first
+        stage's ``autoencoder`` (its scale factor is computed in :meth:`prepare`); a resumed run passes
+        what its checkpoint holds (``latent``, ``text_config``: ``difflab.runs.read_conditioning``)."""
         if not conditioning_needed(config):
             return None
         c, m = config.cond, config.model
-        latent, ae = None, None
+        ae = autoencoder if latent is None else None
         if config.latent.autoencoder is not None:
-            if ckpt is not None:
-                latent = _load_latent(ckpt, device)
-            else:
-                from .autoencoder import load_autoencoder
-
-                try:
-                    ae, _, ae_ckpt = load_autoencoder(config.latent.autoencoder, device=device)
-                except CheckpointError as e:
-                    raise ConfigError(f"latent.autoencoder={config.latent.autoencoder}: {e} (train one with: "
-                                      "difflab train-autoencoder --preset mnist-f4 --out RUN_DIR)") from None
+            if ae is None and latent is None:
+                raise ValueError("a latent run needs its autoencoder or the latent space of its checkpoint")
             latent_shape = (ae or latent.autoencoder).config.latent_shape
             if (m.in_channels, m.image_size, m.image_size) != latent_shape:
                 c, h, w = latent_shape
                 raise ConfigError(f"the autoencoder's latents are {c}x{h}x{w} but the model takes {m.in_channels}x"
                                   f"{m.image_size}x{m.image_size}: set model.in_channels={c} model.image_size={h}")
-            if ae is not None:
-                log(f"first stage: autoencoder {ae_ckpt}")
+        saved_text = text_config
         text_config, prompts, from_labels = None, None, ds.captions is None
         if c.text != "none":
             if from_labels and (ds.labels is None or ds.num_classes > len(NUMBER_WORDS)):
@@ -131,7 +128,7 @@ class RunConditioning:
             all_captions = sorted(set(ds.captions)) if not from_labels else \
                 [tpl.format(word=w, digit=d) for tpl in TRAIN_TEMPLATES for d, w in enumerate(NUMBER_WORDS)]
             if c.text == "trainable":
-                text_config = _read_text_config(ckpt) if ckpt is not None else TextEncoderConfig(
+                text_config = saved_text if saved_text is not None else TextEncoderConfig(
                     vocab=TextEncoder.from_captions(all_captions).config.vocab, dim=c.text_dim, depth=c.text_depth,
                     heads=c.text_heads, max_length=c.max_length)
                 prompts = Prompts(tokenizer=WordTokenizer(text_config.vocab, text_config.max_length))
@@ -153,18 +150,17 @@ class RunConditioning:
         return self
 
     @classmethod
-    def from_checkpoint(cls, config: RunConfig, ckpt: Path, device) -> "RunConditioning | None":
-        """For sampling a trained run (everything comes from the checkpoint folder)."""
+    def for_sampling(cls, config: RunConfig, latent: LatentDiffusion | None, text_config: TextEncoderConfig | None,
+                     device) -> "RunConditioning | None":
+        """For sampling a trained run, from what its checkpoint holds (``difflab.runs.read_conditioning``)."""
         if not conditioning_needed(config):
             return None
-        latent = _load_latent(ckpt, device) if config.latent.autoencoder is not None else None
-        text_config, prompts = None, None
+        prompts = None
         if config.cond.text == "trainable":
-            text_config = _read_text_config(ckpt)
             prompts = Prompts(tokenizer=WordTokenizer(text_config.vocab, text_config.max_length))
         elif config.cond.text == "pretrained":
             prompts = Prompts(encoder=_pretrained(config, device))
-        return cls(config, latent, text_config, prompts)
+        return cls(config, latent, text_config if config.cond.text == "trainable" else None, prompts)
 
     # ------------------------------------------------------------------ training
     @property
@@ -180,8 +176,6 @@ class RunConditioning:
         """The trained module: ``unet``, or ``unet`` with a jointly trained text encoder."""
         if self.text_config is None:
             return unet
-        from ..nn.conditioned import TextConditionedUNet
-
         return TextConditionedUNet(unet, TextEncoder(self.text_config))
 
     @torch.no_grad()
@@ -248,7 +242,7 @@ class RunConditioning:
             files[LATENT_DIR] = self.latent.save
         if self.text_config is not None:
             text = json.dumps(self.text_config.to_dict(), indent=1) + "\n"
-            files[TEXT_ENCODER_JSON] = lambda path: _write_text_atomic(path, text)
+            files[TEXT_ENCODER_JSON] = lambda path: write_text_atomic(path, text)
         return files
 
     # ------------------------------------------------------------------ sampling
@@ -289,7 +283,7 @@ class RunConditioning:
     def sample(self, model, diffusion, sample_cfg, *, prompts=None, cond_images=None, n: int | None = None,
                device="cpu", **options):
         """``(images [n, C, H, W] in [-1, 1] on the CPU, the sampler's output)``; ``options`` go to
-        :func:`~difflab.train.sampling.sample_images` (labels, seed_indices, return_trajectory ...)."""
+        :func:`~difflab.sampling.sample_images` (labels, seed_indices, return_trajectory ...)."""
         m = self.config.model
         kwargs = self.model_kwargs(prompts, cond_images)
         if kwargs:
@@ -301,8 +295,6 @@ class RunConditioning:
     def sample_grid(self, model, diffusion, device, path: Path) -> Path:
         """The grid written during training: the default prompts (one row each), or low-resolution
         inputs (top) and samples from the first training images."""
-        from ..viz import save_grid
-
         sc = self.config.sample
         prompts, cond_images, nrow = None, None, None
         if self.prompts is not None and self.captions_from_labels:
@@ -340,21 +332,6 @@ def unclipped_eps_warning(config: RunConfig) -> str | None:
     return (f"warning: eps prediction without clipping on a schedule with alphas_cumprod[T-1] = {abar_T:.2g}: the "
             f"first sampling step multiplies the eps error by {1 / abar_T ** 0.5:.2g} and the samples can diverge; "
             "use diffusion.prediction=v (the latent presets do)")
-
-
-def _load_latent(ckpt: Path, device) -> LatentDiffusion:
-    try:
-        return LatentDiffusion.load(ckpt / LATENT_DIR, device=device)
-    except (ValueError, OSError) as e:
-        raise _corrupt(ckpt, f"{LATENT_DIR}/ (the autoencoder and scale factor) is missing or unreadable", e) from None
-
-
-def _read_text_config(ckpt: Path) -> TextEncoderConfig:
-    path = ckpt / TEXT_ENCODER_JSON
-    try:
-        return TextEncoderConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError) as e:
-        raise _corrupt(ckpt, f"{TEXT_ENCODER_JSON} is missing or invalid", e) from None
 
 
 def _pretrained(config: RunConfig, device) -> PretrainedTextEncoder:
