@@ -4,8 +4,8 @@ Run:  .venv/bin/python benchmarks/unet_throughput.py            (full: mnist + c
       .venv/bin/python benchmarks/unet_throughput.py --quick    (fewer cifar10 repeats)
 
 For each size both networks are built from one difflab ``UNetConfig`` (diffusers' via
-``difflab.nn.io.diffusers_unet2d_kwargs``), diffusers' random weights are copied into ours
-(``convert_diffusers_unet2d``) and the outputs compared, so the two compute the same function.
+``difflab.interop.unet2d_config``), diffusers' random weights are copied into ours
+(``state_dict_to_difflab``) and the outputs compared, so the two compute the same function.
 Then, in one process, alternating repeats (order swapped every repeat), medians:
 
 * training step: forward, MSE loss, backward, AdamW step -> images/s
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from _common import RESULTS, write_section  # noqa: E402  (puts the repository on sys.path)
 
 from difflab.nn import UNet, get_unet_preset  # noqa: E402
-from difflab.nn.io import convert_diffusers_unet2d, diffusers_unet2d_kwargs  # noqa: E402
+from difflab.interop import state_dict_to_difflab, unet2d_config  # noqa: E402
 
 SECTION = "## U-Net throughput"
 SIZES = {"mnist": 64, "cifar10": 32}          # preset -> batch size
@@ -51,11 +51,11 @@ def build(preset: str, which: str, copy_weights: bool = True):
     from diffusers import UNet2DModel
 
 
-    ref = UNet2DModel(**diffusers_unet2d_kwargs(cfg))
+    ref = UNet2DModel(**unet2d_config(cfg))
     if which == "diffusers":
         return cfg, ref, lambda x, t: ref(x, t, return_dict=False)[0]
     ours = UNet(cfg)
-    ours.load_state_dict(convert_diffusers_unet2d(ref.state_dict(), cfg))
+    ours.load_state_dict(state_dict_to_difflab(ref.state_dict(), cfg))
     return cfg, ours, ours
 
 

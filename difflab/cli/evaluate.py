@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from .common import PROG, UsageError, Parser, check_positive, say
-from .sampling import add_guidance_arguments, guided_from_args, sample_labels
+from .sampling import add_guidance_arguments, guided_from_args, sample_conditions
 
 
 def _add_eval_common(p: argparse.ArgumentParser) -> None:
@@ -226,7 +226,7 @@ def run_eval_fd(args) -> int:
         except ConfigError as e:
             raise UsageError(str(e)) from None
         guided = guided_from_args(args, run, sc, device)
-        labels, _, _ = sample_labels(args, guided, cfg.model.num_classes, n)
+        labels = sample_conditions(args, guided, cfg.model.num_classes, n).labels
         m = cfg.model
         guidance = guided.description if guided is not None else "none"
         say(f"sampling {n} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} ({run.weights} "

@@ -18,6 +18,8 @@ from typing import Callable
 from ..config import ConfigError
 from .common import PROG, UsageError, Parser
 from .evaluate import add_eval_arguments, run_eval
+from .interop import (add_export_diffusers_arguments, add_import_diffusers_arguments, run_export_diffusers,
+                      run_import_diffusers)
 from .misc import (
     add_config_arguments,
     add_show_forward_arguments,
@@ -27,6 +29,7 @@ from .misc import (
     run_toy,
 )
 from .sample import add_sample_arguments, run_sample
+from .serve import add_serve_arguments, run_serve
 from .train import add_train_arguments, run_train
 from .train_autoencoder import add_train_autoencoder_arguments, run_train_autoencoder
 from .train_classifier import add_train_classifier_arguments, run_train_classifier
@@ -44,6 +47,8 @@ COMMANDS: list[Command] = [
     Command("train", "train a diffusion model (preset + config file + --set overrides)", add_train_arguments,
             run_train),
     Command("sample", "draw images from a trained run (optionally guided)", add_sample_arguments, run_sample),
+    Command("serve", "a local web page to sample runs: pick settings, watch the denoising, download the grid",
+            add_serve_arguments, run_serve),
     Command("train-classifier", "train a noise-aware classifier for classifier guidance",
             add_train_classifier_arguments, run_train_classifier),
     Command("train-autoencoder", "train the KL autoencoder of latent diffusion (reports held-out PSNR)",
@@ -55,6 +60,10 @@ COMMANDS: list[Command] = [
     Command("config", "print the resolved run config (preset + file + overrides)", add_config_arguments, run_config),
     Command("toy", "train and sample a 2-D toy model in seconds (scatter, trajectory and loss plots)",
             add_toy_arguments, run_toy),
+    Command("export-diffusers", "write a run as a diffusers pipeline folder (DDPMPipeline / DDIMPipeline)",
+            add_export_diffusers_arguments, run_export_diffusers),
+    Command("import-diffusers", "turn a diffusers UNet2DModel + scheduler folder into a difflab run",
+            add_import_diffusers_arguments, run_import_diffusers),
 ]
 
 

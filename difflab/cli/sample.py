@@ -9,17 +9,20 @@ from pathlib import Path
 from ..config import ConfigError
 from .common import UsageError, say
 from .sample_conditioned import add_conditioning_arguments, check_conditioning_arguments, run_conditioned_sample
-from .sampling import add_guidance_arguments, guided_from_args, sample_labels, write_outputs
+from .sampling import add_guidance_arguments, guided_from_args, sample_conditions, write_outputs
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     from ..samplers import SAMPLERS
+    from ..schedules import SPACINGS
 
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run folder (its latest checkpoint) or a "
                                                                         "checkpoint folder")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the run's sample.sampler")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
     p.add_argument("--eta", type=float, help="stochasticity for samplers with an eta (DDIM: 0 = deterministic)")
+    p.add_argument("--spacing", choices=SPACINGS, help="which timesteps the steps visit (default: the run's "
+                                                       "sample.spacing, else the sampler's own)")
     p.add_argument("--seed", type=int, help="sample i uses seed * 2**20 + i (default: the run's sample.seed)")
     p.add_argument("-n", type=int, help="number of images (default: the run's sample.n)")
     p.add_argument("--batch-size", type=int, help="images per forward pass")
@@ -42,7 +45,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 def run_sample(args) -> int:
     import dataclasses
 
-    from ..train import load_run, resolve_device, sample_images
+    from ..generate import draw
+    from ..train import load_run, resolve_device
 
     for name in ("steps", "n", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -57,7 +61,8 @@ def run_sample(args) -> int:
     run = load_run(args.checkpoint, use_ema=not args.no_ema, device=device)
     cfg = run.config
     changes = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta),
-                                 ("seed", args.seed), ("n", args.n), ("batch_size", args.batch_size)) if v is not None}
+                                 ("seed", args.seed), ("n", args.n), ("batch_size", args.batch_size),
+                                 ("spacing", args.spacing)) if v is not None}
     if args.no_clip:
         changes["clip_denoised"] = False
     try:
@@ -72,18 +77,12 @@ def run_sample(args) -> int:
     if run.conditioning is not None:   # latent, text or super-resolution run
         return run_conditioned_sample(args, run, sc, guided, device, out)
     per_row = 8 if args.grid_by_class and args.n is None else sc.n   # --grid-by-class: -n is the columns
-    labels, seed_indices, columns = sample_labels(args, guided, m.num_classes, per_row)
-    n_total = len(labels) if labels is not None else sc.n
+    conditions = sample_conditions(args, guided, m.num_classes, per_row)
 
-    say(f"sampling {n_total} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
-         f"({run.weights} weights, step {run.step}) on {device}"
-         + (f"; guidance: {guided.description}" if guided is not None else ""))
+    say(f"sampling {conditions.count(sc.n)} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
+        f"({run.weights} weights, step {run.step}) on {device}"
+        + (f"; guidance: {guided.description}" if guided is not None else ""))
     t0 = time.perf_counter()
-    model, diffusion, options = ((guided.model, guided.diffusion, guided.sampler_options) if guided is not None
-                                 else (run.model, run.diffusion, {}))
-    res = sample_images(model, diffusion, sc, shape=(m.in_channels, m.image_size, m.image_size), n=n_total,
-                        labels=labels, seed_indices=seed_indices, device=device,
-                        return_trajectory=bool(args.gif), progress=not args.no_progress, sampler_options=options)
-    k = guided.num_classes if guided is not None else m.num_classes
-    nrow = columns or (k if k and args.class_label is None and sc.n % k == 0 else None)
-    return write_outputs(args, res.sample.float().cpu(), res, out, nrow, t0)
+    drawn = draw(run, sc, conditions, guided=guided, device=device, return_trajectory=bool(args.gif),
+                 progress=not args.no_progress)
+    return write_outputs(args, drawn, out, t0)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .common import UsageError, say
-from .sampling import sample_labels, write_outputs
+from .sampling import sample_conditions, write_outputs
 
 
 def add_conditioning_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,69 +39,46 @@ def check_conditioning_arguments(args, run) -> None:
         raise UsageError("--class-label / --grid-by-class: this model takes no class labels")
 
 
-def _test_images(run, n: int):
-    from ..data import load_dataset
-
-    d = run.config.data
-    try:
-        ds = load_dataset(d.dataset, root=d.root, split="test", image_size=d.image_size, channels=d.channels)
-    except (ValueError, OSError) as e:
-        raise UsageError(f"--cond-from-test: the test split of {d.dataset} could not be loaded "
-                         f"({str(e).splitlines()[0]})") from None
-    if n > len(ds):
-        raise UsageError(f"--cond-from-test {n}: the {d.dataset} test split has only {len(ds)} images")
-    return ds.get_batch(range(n))[0]
-
-
 def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
     """Sample a run with a RunConditioning: decode latents, feed prompts or low-resolution inputs."""
     from ..data.transforms import low_res_condition
     from ..eval import psnr
+    from ..generate import draw, load_test_images, low_res_conditions, prompt_conditions
     from ..viz import save_grid
 
-    cond, m = run.conditioning, run.config.model
-    prompts = cond_images = None
-    options: dict = {}
-    nrow = None
+    cond = run.conditioning
     if cond.prompts is not None:
         try:
             base = args.prompt or cond.default_prompts()
         except ValueError as e:
             raise UsageError(str(e)) from None
-        per_prompt = args.n or 8
-        prompts = [p for p in base for _ in range(per_prompt)]
-        options["seed_indices"] = [j for _ in base for j in range(per_prompt)]   # column j: the same noise
-        nrow = per_prompt
+        conditions = prompt_conditions(base, args.n or 8)   # column j: the same noise in every row
         unknown = cond.prompts.unknown_words(base)
         if unknown:
             say(f"note: words never seen in training are read as <unk>: {', '.join(unknown)}")
-    if args.cond_from_test is not None:
-        cond_images = _test_images(run, args.cond_from_test)
-        nrow = min(len(cond_images), 8)
-    if prompts is None and cond_images is None:
-        labels, seeds, columns = sample_labels(args, guided, m.num_classes, sc.n)
-        options.update(labels=labels, seed_indices=seeds, num_classes=m.num_classes)
-        nrow = columns or (m.num_classes if labels is not None and args.class_label is None
-                           and len(labels) % m.num_classes == 0 else None)
-    n_total = len(prompts) if prompts is not None else len(cond_images) if cond_images is not None else None
-    model, diffusion, sampler_options = ((guided.model, guided.diffusion, guided.sampler_options) if guided is not None
-                                         else (run.model, run.diffusion, {}))
-    say(f"sampling {n_total or sc.n} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
-         f"({run.weights} weights, step {run.step}) on {device}"
-         + (" in latent space" if cond.latent is not None else "")
-         + (f"; guidance: {guided.description}" if guided is not None else ""))
+    elif args.cond_from_test is not None:
+        try:
+            conditions = low_res_conditions(load_test_images(run, args.cond_from_test))
+        except ValueError as e:
+            raise UsageError(f"--cond-from-test: {e}") from None
+    else:
+        conditions = sample_conditions(args, guided, run.config.model.num_classes, sc.n)
+    say(f"sampling {conditions.count(sc.n)} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} "
+        f"({run.weights} weights, step {run.step}) on {device}"
+        + (" in latent space" if cond.latent is not None else "")
+        + (f"; guidance: {guided.description}" if guided is not None else ""))
     t0 = time.perf_counter()
     try:
-        x, res = cond.sample(model, diffusion, sc, prompts=prompts, cond_images=cond_images, n=n_total, device=device,
-                             return_trajectory=bool(args.gif), progress=not args.no_progress,
-                             sampler_options=sampler_options, **options)
+        drawn = draw(run, sc, conditions, guided=guided, device=device, return_trajectory=bool(args.gif),
+                     progress=not args.no_progress)
     except ValueError as e:
         raise UsageError(str(e)) from None
     extra = []
+    cond_images, x, nrow = conditions.cond_images, drawn.images, drawn.nrow
     if cond_images is not None:
         low = low_res_condition(cond_images, run.config.cond.low_res_factor, cond_images.shape[-1])
         extra.append(("inputs", save_grid(low, out.with_name(out.stem + "-input.png"), nrow=nrow)))
         extra.append(("targets", save_grid(cond_images, out.with_name(out.stem + "-target.png"), nrow=nrow)))
         say(f"PSNR to the targets: samples {float(psnr(cond_images, x).mean()):.2f} dB, bilinear upsampling of "
-             f"the inputs {float(psnr(cond_images, low).mean()):.2f} dB (n={len(x)})")
-    return write_outputs(args, x, res, out, nrow, t0, extra=extra, decode=cond.decode_frames)
+            f"the inputs {float(psnr(cond_images, low).mean()):.2f} dB (n={len(x)})")
+    return write_outputs(args, drawn, out, t0, extra=extra)

@@ -1,5 +1,5 @@
 """Pieces of sampling shared by ``difflab sample``, its conditioned variant and ``difflab eval``:
-guidance flags, the class labels of a grid, writing the outputs."""
+guidance flags, the class labels of a grid, writing the outputs (the sampling itself: ``difflab.generate``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..sampling import GuidanceOptions, build_guided_model, class_grid_labels, class_labels
+from ..generate import Conditions, class_conditions
+from ..sampling import GuidanceOptions, build_guided_model
 from ..runs import load_classifier
 from ..viz import save_grid, save_images, save_trajectory_gif
 from .common import UsageError, format_duration, say
@@ -63,8 +64,8 @@ def guided_from_args(args, run, sample_cfg, device):
         raise UsageError(f"{flag}: {e}") from None
 
 
-def sample_labels(args, guided, model_num_classes: int | None, n: int):
-    """(labels or None, seed indices or None, grid columns or None) for --class-label / --grid-by-class;
+def sample_conditions(args, guided, model_num_classes: int | None, n: int) -> Conditions:
+    """The Conditions of --class-label / --grid-by-class (labels or none, seed indices, grid columns);
     ``n`` is the number of images, or of columns with --grid-by-class."""
     num_classes = guided.num_classes if guided is not None else model_num_classes
     if args.class_label is not None:
@@ -78,48 +79,28 @@ def sample_labels(args, guided, model_num_classes: int | None, n: int):
         elif not 0 <= args.class_label <= num_classes:
             raise UsageError(f"--class-label must be in 0..{num_classes - 1} ({num_classes} = the null class), "
                              f"got {args.class_label}")
-    if not getattr(args, "grid_by_class", False):
-        return class_labels(n, num_classes, args.class_label), None, None
-    if args.class_label is not None:
+    grid_by_class = getattr(args, "grid_by_class", False)
+    if grid_by_class and args.class_label is not None:
         raise UsageError("--grid-by-class shows every class; drop --class-label")
-    if num_classes is None:
+    if grid_by_class and num_classes is None:
         raise UsageError("--grid-by-class needs a class-conditional model or a --classifier")
-    labels, seeds = class_grid_labels(num_classes, n)
-    return labels, seeds, n
+    return class_conditions(num_classes, n, class_label=args.class_label, grid_by_class=grid_by_class)
 
 
-MAX_GIF_FRAMES = 100
-
-
-def gif_frames(xs: list, pred_x0s: list) -> tuple[list, list]:
-    """At most MAX_GIF_FRAMES evenly spaced frames, always keeping the first and the final sample."""
-    n = len(xs)
-    if n <= MAX_GIF_FRAMES:
-        return xs, pred_x0s
-    keep = sorted({round(i * (n - 1) / (MAX_GIF_FRAMES - 1)) for i in range(MAX_GIF_FRAMES)})
-    # pred_x0s has one entry fewer than xs (none for the final sample): pad it the same way viz does
-    padded = list(pred_x0s) + [xs[-1]] if len(pred_x0s) == n - 1 else list(pred_x0s)
-    return [xs[i] for i in keep], [padded[i] for i in keep]
-
-
-def write_outputs(args, x, res, out: Path, nrow, t0: float, extra=(), decode=None) -> int:
-    """Write the grid, then ``extra`` ((label, path) already written), the --save-individual images and
-    the --gif trajectory (frames mapped through ``decode``, e.g. a latent decoder); report them all."""
-    written = [("grid", save_grid(x, out, nrow=nrow)), *extra]
+def write_outputs(args, drawn, out: Path, t0: float, extra=()) -> int:
+    """Write the grid of ``drawn`` (a :class:`~difflab.generate.Drawn`), then ``extra`` ((label, path) already
+    written), the --save-individual images and the --gif trajectory (latents decoded); report them all."""
+    x = drawn.images
+    written = [("grid", save_grid(x, out, nrow=drawn.nrow)), *extra]
     if args.save_individual:
         folder = out.with_suffix("")
         save_images(x, folder, prefix="sample")
         written.append(("images", folder))
     if args.gif:
         gif = Path(args.gif) if isinstance(args.gif, str) else out.with_suffix(".gif")
-        xs, x0s = gif_frames(res.trajectory, res.pred_x0s)
-        if decode is not None:
-            xs, x0s = decode(xs), decode(x0s)
-        written.append(("trajectory", save_trajectory_gif(xs, x0s, gif, nrow=nrow)))
-    say(f"done: {len(x)} images, {res.nfe} network evaluations per sample, "
-         f"{format_duration(time.perf_counter() - t0)}")
+        written.append(("trajectory", save_trajectory_gif(*drawn.gif_frames(), gif, nrow=drawn.nrow)))
+    say(f"done: {len(x)} images, {drawn.output.nfe} network evaluations per sample, "
+        f"{format_duration(time.perf_counter() - t0)}")
     for label, path in written:
         say(f"  {label + ':':12s}{path}")
     return 0
-
-

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from ..config import RunConfig
-from .common import PROG, add_train_flags, format_duration, report_interrupted, say, train_config_from_args
+from .common import (PROG, add_train_flags, format_duration, report_interrupted, report_tensorboard, say,
+                     train_config_from_args)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +36,7 @@ def run_train(args) -> int:
                         ("config", run_dir / "config.yaml")):
         if path is not None:
             say(f"  {label + ':':12s}{path}")
+    report_tensorboard(result)
     hint = (" --cond-from-test 8" if cfg.cond.low_res_factor else "") + \
         (' --prompt "a handwritten three" --guidance-scale 2' if cfg.cond.text != "none" else "")
     say(f"next: {PROG} sample --checkpoint {run_dir} --gif{hint}")

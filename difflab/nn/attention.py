@@ -61,11 +61,12 @@ class SelfAttention2d(nn.Module):
     each of them is entry ``j`` of head ``h``.
     """
 
-    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1, norm_groups: int = 32):
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1, norm_groups: int = 32,
+                 norm_eps: float = 1e-5):
         super().__init__()
         self.channels = channels
         self.num_heads = resolve_heads(channels, num_heads, num_head_channels)
-        self.norm = nn.GroupNorm(norm_groups, channels)
+        self.norm = nn.GroupNorm(norm_groups, channels, eps=norm_eps)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj_out = zero_module(nn.Linear(channels, channels))
 
@@ -155,11 +156,11 @@ class SpatialTransformer(nn.Module):
     ``x + proj_out(blocks(proj_in(GroupNorm(x)), context))`` with ``proj_out`` zero-initialised."""
 
     def __init__(self, channels: int, context_dim: int, num_heads: int = 1, num_head_channels: int = -1,
-                 depth: int = 1, norm_groups: int = 32):
+                 depth: int = 1, norm_groups: int = 32, norm_eps: float = 1e-5):
         super().__init__()
         heads = resolve_heads(channels, num_heads, num_head_channels)
         self.context_dim = context_dim
-        self.norm = nn.GroupNorm(norm_groups, channels)
+        self.norm = nn.GroupNorm(norm_groups, channels, eps=norm_eps)
         self.proj_in = nn.Linear(channels, channels)
         self.blocks = nn.ModuleList(TransformerBlock(channels, heads, context_dim) for _ in range(depth))
         self.proj_out = zero_module(nn.Linear(channels, channels))

@@ -15,22 +15,28 @@ import torch
 from torch import nn
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, *, flip_sin_to_cos: bool = True,
+                       freq_shift: float = 0.0) -> torch.Tensor:
     """Sinusoidal embedding of ``t`` (Transformer positional encoding, DDPM Appendix B).
 
     Returns ``[B, dim]`` laid out as ``[cos(t w_i), sin(t w_i)]`` with
-    ``w_i = max_period ** (-i / (dim // 2))`` for ``i = 0 .. dim//2 - 1`` (the layout of
-    guided-diffusion, and of diffusers with ``flip_sin_to_cos=True, freq_shift=0``).
-    An odd ``dim`` is padded with one zero column.
+    ``w_i = max_period ** (-i / (dim // 2 - freq_shift))`` for ``i = 0 .. dim//2 - 1``.
+    The defaults are the layout of guided-diffusion (and of diffusers with
+    ``flip_sin_to_cos=True, freq_shift=0``); ``flip_sin_to_cos=False`` puts the sines first
+    and ``freq_shift=1`` divides by ``dim // 2 - 1`` (the original DDPM code and the
+    google/ddpm-* checkpoints). An odd ``dim`` is padded with one zero column.
     """
     if t.ndim != 1:
         raise ValueError(f"t must be a 1-D tensor [B], got shape {tuple(t.shape)}")
     half = dim // 2
+    if half - freq_shift <= 0:
+        raise ValueError(f"freq_shift={freq_shift} must be smaller than dim // 2 = {half}")
     freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
     )
     args = t.to(torch.float32)[:, None] * freqs[None, :]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    parts = [torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)]
+    emb = torch.cat(parts, dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
@@ -39,15 +45,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class TimestepEmbedding(nn.Module):
     """Sinusoidal features followed by a two-layer SiLU MLP: ``t -> emb``."""
 
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, *, flip_sin_to_cos: bool = True, freq_shift: float = 0.0):
         super().__init__()
         self.in_dim = in_dim
+        self.flip_sin_to_cos = flip_sin_to_cos
+        self.freq_shift = freq_shift
         self.linear_1 = nn.Linear(in_dim, out_dim)
         self.act = nn.SiLU()
         self.linear_2 = nn.Linear(out_dim, out_dim)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        emb = timestep_embedding(t, self.in_dim).to(self.linear_1.weight.dtype)
+        emb = timestep_embedding(t, self.in_dim, flip_sin_to_cos=self.flip_sin_to_cos,
+                                 freq_shift=self.freq_shift).to(self.linear_1.weight.dtype)
         return self.linear_2(self.act(self.linear_1(emb)))
 
 

@@ -66,9 +66,25 @@ class UNetConfig(ConfigMixin):
     norm_groups: int = 32
     learn_sigma: bool = False
     use_checkpoint: bool = False
+    # Defaults: guided-diffusion's (difflab's since the start); diffusers' google/ddpm-* checkpoints use
+    # False, 1, 0 and 1e-6 (difflab.interop.diffusers reads them from a UNet2DModel config)
+    flip_sin_to_cos: bool = True             # timestep features [cos, sin] (False: [sin, cos])
+    freq_shift: float = 0.0                  # frequencies max_period ** (-i / (model_channels // 2 - freq_shift))
+    downsample_padding: int = 1              # 1: stride-2 conv padded 1 all round; 0: padded 1 right and bottom
+    norm_eps: float = 1e-5                   # epsilon of every GroupNorm
 
     def __post_init__(self):
         validate_encoder_fields(self)
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)   # noqa: E731
+        for ok, field, allowed in (
+                (isinstance(self.flip_sin_to_cos, bool), "flip_sin_to_cos", "true or false"),
+                (number(self.freq_shift) and 0 <= self.freq_shift < self.model_channels // 2, "freq_shift",
+                 f"a number in [0, model_channels // 2 = {self.model_channels // 2})"),
+                (self.downsample_padding in (0, 1) and not isinstance(self.downsample_padding, bool),
+                 "downsample_padding", "0 or 1"),
+                (number(self.norm_eps) and 0 < self.norm_eps < 1, "norm_eps", "a number in (0, 1)")):
+            if not ok:
+                raise ValueError(f"{field} must be {allowed}, got {getattr(self, field)!r}")
         if self.out_channels is not None:
             check_int("out_channels", self.out_channels, 1)
         if self.num_classes is not None:
@@ -152,13 +168,19 @@ class _DropoutFn(torch.autograd.Function):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 convolution."""
+    """Stride-2 3x3 convolution; ``padding=0`` pads one zero row and column at the bottom and
+    right instead of one all round (the original DDPM code's and diffusers' ``downsample_padding=0``)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, padding: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        if padding not in (0, 1):
+            raise ValueError(f"downsample padding must be 0 or 1, got {padding!r}")
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 
@@ -183,16 +205,17 @@ class ResBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, emb_dim: int, out_channels: int, dropout: float = 0.0,
-                 use_scale_shift_norm: bool = False, norm_groups: int = 32, updown: str | None = None):
+                 use_scale_shift_norm: bool = False, norm_groups: int = 32, updown: str | None = None,
+                 norm_eps: float = 1e-5):
         super().__init__()
         if updown not in (None, "up", "down"):
             raise ValueError(f"updown must be None, 'up' or 'down', got {updown!r}")
         self.updown = updown
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.norm1 = nn.GroupNorm(norm_groups, in_channels)
+        self.norm1 = nn.GroupNorm(norm_groups, in_channels, eps=norm_eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if use_scale_shift_norm else out_channels)
-        self.norm2 = nn.GroupNorm(norm_groups, out_channels)
+        self.norm2 = nn.GroupNorm(norm_groups, out_channels, eps=norm_eps)
         self.dropout = Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
@@ -240,19 +263,24 @@ def run_block(block: Block, use_checkpoint: bool, *args):
 
 
 def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None = None,
-                  cross_resolutions: tuple[int, ...] = (), transformer_depth: int = 1):
+                  cross_resolutions: tuple[int, ...] = (), transformer_depth: int = 1, *,
+                  norm_eps: float = 1e-5, downsample_padding: int = 1):
     """The U-Net's down path: ``conv_in`` then per level res (+attn) blocks and a downsample.
 
     Returns ``(blocks, skip_channels, out_channels)``; ``skip_channels[i]`` is the width of
     the output of ``blocks[i]``.
     """
+    def res_block(ch_in, ch_out, updown=None):
+        return ResBlock(ch_in, emb_dim, ch_out, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups, updown,
+                        norm_eps)
+
     def attn_layers(ch, res):
         layers = []
         if res in cfg.attention_resolutions:
-            layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups))
+            layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, norm_eps))
         if context_dim is not None and res in cross_resolutions:
             layers.append(SpatialTransformer(ch, context_dim, cfg.num_heads, cfg.num_head_channels,
-                                             transformer_depth, cfg.norm_groups))
+                                             transformer_depth, cfg.norm_groups, norm_eps))
         return layers
 
     ch = cfg.model_channels
@@ -262,14 +290,13 @@ def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None =
     for level, mult in enumerate(cfg.channel_mult):
         for _ in range(cfg.num_res_blocks):
             out = cfg.model_channels * mult
-            layers = [ResBlock(ch, emb_dim, out, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups)]
+            layers = [res_block(ch, out)]
             ch = out
             layers += attn_layers(ch, res)
             blocks.append(Block(layers))
             skip_channels.append(ch)
         if level != len(cfg.channel_mult) - 1:
-            down = (ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups, "down")
-                    if cfg.resblock_updown else Downsample(ch))
+            down = res_block(ch, ch, "down") if cfg.resblock_updown else Downsample(ch, downsample_padding)
             blocks.append(Block([down]))
             skip_channels.append(ch)
             res //= 2
@@ -277,14 +304,17 @@ def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None =
 
 
 def build_middle(cfg, ch: int, emb_dim: int, mid_attention: bool, context_dim: int | None = None,
-                 transformer_depth: int = 1) -> Block:
-    layers = [ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups)]
+                 transformer_depth: int = 1, *, norm_eps: float = 1e-5) -> Block:
+    def res_block():
+        return ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups, norm_eps=norm_eps)
+
+    layers = [res_block()]
     if mid_attention:
-        layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups))
+        layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, norm_eps))
     if context_dim is not None:
         layers.append(SpatialTransformer(ch, context_dim, cfg.num_heads, cfg.num_head_channels,
-                                         transformer_depth, cfg.norm_groups))
-    layers.append(ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups))
+                                         transformer_depth, cfg.norm_groups, norm_eps))
+    layers.append(res_block())
     return Block(layers)
 
 
@@ -309,13 +339,17 @@ class UNet(nn.Module):
             raise ValueError(f"UNet expects a UNetConfig, got {type(config).__name__}")
         self.config = cfg = config
         emb_dim = 4 * cfg.model_channels
-        self.time_embed = TimestepEmbedding(cfg.model_channels, emb_dim)
+        eps = cfg.norm_eps
+        self.time_embed = TimestepEmbedding(cfg.model_channels, emb_dim, flip_sin_to_cos=cfg.flip_sin_to_cos,
+                                            freq_shift=cfg.freq_shift)
         self.class_embed = ClassEmbedding(cfg.num_classes, emb_dim) if cfg.num_classes is not None else None
 
         self.input_blocks, skip_channels, ch = build_encoder(
             cfg, cfg.in_channels + cfg.cond_channels, emb_dim, cfg.context_dim,
-            cfg.cross_attention_resolutions, cfg.transformer_depth)
-        self.middle_block = build_middle(cfg, ch, emb_dim, cfg.mid_attention, cfg.context_dim, cfg.transformer_depth)
+            cfg.cross_attention_resolutions, cfg.transformer_depth, norm_eps=eps,
+            downsample_padding=cfg.downsample_padding)
+        self.middle_block = build_middle(cfg, ch, emb_dim, cfg.mid_attention, cfg.context_dim, cfg.transformer_depth,
+                                         norm_eps=eps)
 
         self.output_blocks = nn.ModuleList()
         levels = len(cfg.channel_mult)
@@ -324,20 +358,20 @@ class UNet(nn.Module):
             for i in range(cfg.num_res_blocks + 1):
                 out = cfg.model_channels * mult
                 layers = [ResBlock(ch + skip_channels.pop(), emb_dim, out, cfg.dropout,
-                                   cfg.use_scale_shift_norm, cfg.norm_groups)]
+                                   cfg.use_scale_shift_norm, cfg.norm_groups, norm_eps=eps)]
                 ch = out
                 if res in cfg.attention_resolutions:
-                    layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups))
+                    layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, eps))
                 if cfg.context_dim is not None and res in cfg.cross_attention_resolutions:
                     layers.append(SpatialTransformer(ch, cfg.context_dim, cfg.num_heads, cfg.num_head_channels,
-                                                     cfg.transformer_depth, cfg.norm_groups))
+                                                     cfg.transformer_depth, cfg.norm_groups, eps))
                 if level and i == cfg.num_res_blocks:
                     layers.append(ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm,
-                                           cfg.norm_groups, "up") if cfg.resblock_updown else Upsample(ch))
+                                           cfg.norm_groups, "up", eps) if cfg.resblock_updown else Upsample(ch))
                     res *= 2
                 self.output_blocks.append(Block(layers))
         assert not skip_channels
-        self.out_norm = nn.GroupNorm(cfg.norm_groups, ch)
+        self.out_norm = nn.GroupNorm(cfg.norm_groups, ch, eps=eps)
         self.out_conv = zero_module(nn.Conv2d(ch, cfg.resolved_out_channels, 3, padding=1))
 
     @property

@@ -195,6 +195,7 @@ class DiffusionTask(Task):
 
     def finish(self, model: torch.nn.Module, result: TrainResult) -> None:
         result.samples = self.sample(model, result.run_dir / "samples.png")
+        self.env.log_figure(self.sample_tag, result.samples)
 
 
 def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str | os.PathLike = False,

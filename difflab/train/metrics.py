@@ -1,5 +1,6 @@
-"""Training metrics: ``metrics.jsonl`` (one JSON object per log step), ``metrics.csv``, and
-TensorBoard event files when the ``tensorboard`` package is installed (optional)."""
+"""Training metrics: ``metrics.jsonl`` (one JSON object per row: the training rows of every log step and
+any evaluation rows) and ``metrics.csv`` (the training rows). TensorBoard gets the same rows through the
+engine's callbacks (``difflab.train.tensorboard``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ METRICS_CSV = "metrics.csv"
 CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "skipped_steps", "elapsed_s")
 
 
+def is_training_row(row: dict[str, Any]) -> bool:
+    """Whether ``row`` is one of the engine's training rows (those go to metrics.csv too); an evaluation
+    row (logged by a task or a callback) has none of the CSV's columns."""
+    return any(k in row for k in CSV_FIELDS[1:])
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_JSONL
     if not path.is_file():
@@ -34,7 +41,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 class MetricsLogger:
     """Appends metric rows; on resume, first drops rows logged after the resumed step."""
 
-    def __init__(self, run_dir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, resume_step: int = 0):
         self.run_dir = Path(run_dir)
         self.jsonl = self.run_dir / METRICS_JSONL
         self.csv = self.run_dir / METRICS_CSV
@@ -48,32 +55,18 @@ class MetricsLogger:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
                 w.writeheader()
-                w.writerows(rows)
+                w.writerows(r for r in rows if is_training_row(r))
 
         # rewritten atomically: a crash here never loses the rows logged so far
         atomic_write(self.jsonl, write_jsonl, sync=False)
         atomic_write(self.csv, write_csv, sync=False)
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter   # needs the tensorboard package
-                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step or None)
-            except Exception:   # not installed (ImportError) or broken install: TensorBoard is optional
-                self.tb = None
 
     def log(self, row: dict[str, Any]) -> None:
         with open(self.jsonl, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        with open(self.csv, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerow(row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"train/{k}", v, row["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if is_training_row(row):
+            with open(self.csv, "a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerow(row)
 
 
 def plot_metrics(run_dir: str | os.PathLike) -> Path | None:

@@ -232,13 +232,60 @@ def test_same_function_as_diffusers_unet2d_with_same_weights(name):
     pytest.importorskip("diffusers")
     from diffusers import UNet2DModel
 
-    from difflab.nn.io import convert_diffusers_unet2d, diffusers_unet2d_kwargs
+    from difflab.interop import state_dict_to_difflab, unet2d_config
 
     cfg = get_unet_preset(name)
     torch.manual_seed(0)
-    ref = UNet2DModel(**diffusers_unet2d_kwargs(cfg)).eval()
+    ref = UNet2DModel(**unet2d_config(cfg)).eval()
     ours = UNet(cfg).eval()
-    ours.load_state_dict(convert_diffusers_unet2d(ref.state_dict(), cfg))
+    ours.load_state_dict(state_dict_to_difflab(ref.state_dict(), cfg))
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 10, 999])
     with torch.no_grad():
         torch.testing.assert_close(ours(x, t), ref(x, t).sample, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("flip,shift,dim", [(True, 0, 32), (False, 0, 32), (True, 1, 32), (False, 1, 33)])
+def test_timestep_embedding_layouts_match_diffusers(flip, shift, dim):
+    pytest.importorskip("diffusers")
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    t = torch.tensor([0, 1, 17, 999])
+    ref = get_timestep_embedding(t, dim, flip_sin_to_cos=flip, downscale_freq_shift=shift)
+    torch.testing.assert_close(timestep_embedding(t, dim, flip_sin_to_cos=flip, freq_shift=shift), ref)
+
+
+def test_downsample_padding_0_pads_right_and_bottom_like_diffusers():
+    pytest.importorskip("diffusers")
+    from diffusers.models.downsampling import Downsample2D
+
+    from difflab.nn.unet import Downsample
+
+    torch.manual_seed(0)
+    ref = Downsample2D(4, use_conv=True, padding=0, name="op")
+    ours = Downsample(4, padding=0)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(ours(x), ref(x))
+    padded_all_round = Downsample(4, padding=1)
+    padded_all_round.load_state_dict(ours.state_dict())
+    assert (padded_all_round(x) - ours(x)).abs().max() > 0.1          # the padding matters
+
+
+def test_fields_for_foreign_networks_default_to_todays_network_and_are_validated():
+    from difflab.config import resolve_config
+
+    cfg = get_unet_preset("tiny")
+    old = {k: v for k, v in cfg.to_dict().items()
+           if k not in ("flip_sin_to_cos", "freq_shift", "downsample_padding", "norm_eps")}   # a config from before
+    assert UNetConfig.from_dict(old) == cfg
+    assert (cfg.flip_sin_to_cos, cfg.freq_shift, cfg.downsample_padding, cfg.norm_eps) == (True, 0.0, 1, 1e-5)
+    for field, bad in (("flip_sin_to_cos", "yes"), ("freq_shift", -1), ("freq_shift", 4), ("downsample_padding", 2),
+                       ("norm_eps", 0.0)):
+        with pytest.raises(ValueError, match=field):
+            cfg.replace(**{field: bad})
+    run = resolve_config(preset="tiny", overrides=["model.flip_sin_to_cos=false", "model.freq_shift=1",
+                                                   "model.downsample_padding=0", "model.norm_eps=1e-6"])
+    m = run.model
+    assert (m.flip_sin_to_cos, m.freq_shift, m.downsample_padding, m.norm_eps) == (False, 1.0, 0, 1e-6)
+    net = UNet(m)
+    assert net.out_norm.eps == 1e-6 and net.input_blocks[0][0].out_channels == 8
