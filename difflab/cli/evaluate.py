@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from .common import PROG, UsageError, Parser, check_positive, say
+from .eval_featurizer import add_train_featurizer_parser
 from .sampling import add_guidance_arguments, guided_from_args, sample_conditions
 
 
@@ -70,11 +71,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                           "of the DDPM / improved-diffusion code, for figures comparable with theirs)")
     nll.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval)")
     nll.set_defaults(eval_run=run_eval_nll)
+    add_train_featurizer_parser(sub)
 
 
 def run_eval(args) -> int:
     if getattr(args, "eval_run", None) is None:
-        raise UsageError(f"choose a metric: fd, nll (see '{PROG} eval --help')")
+        raise UsageError(f"choose a metric: fd, nll, or train-featurizer (see '{PROG} eval --help')")
     return args.eval_run(args)
 
 
@@ -98,6 +100,8 @@ def _eval_featurizer(args, dataset: str, key: str, train_ds, device):
     from ..eval import (
         ClassifierFeaturizer,
         EvalClassifierConfig,
+        classifier_side,
+        default_classifier_epochs,
         default_classifier_path,
         load_eval_classifier,
         load_or_train_eval_classifier,
@@ -114,8 +118,8 @@ def _eval_featurizer(args, dataset: str, key: str, train_ds, device):
         ds = train_ds()
         if ds.labels is None:
             raise UsageError(f"{ds.name} has no labels to train the evaluation classifier; pass --featurizer-dir")
-        side = max(16, 4 * -(-max(ds.image_size) // 4))
-        epochs = args.eval_classifier_epochs or (30 if len(ds) < 5000 else 3)
+        side = classifier_side(max(ds.image_size))
+        epochs = args.eval_classifier_epochs or default_classifier_epochs(len(ds))
         if not (directory / "model.safetensors").is_file():
             say(f"training the evaluation classifier on {ds.name} {ds.split} ({len(ds)} images, {epochs} epochs); "
                  f"cached in {directory}")
