@@ -24,6 +24,7 @@ def _add_eval_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from ..losses import CDFS
     from ..samplers import SAMPLERS
 
     sub = p.add_subparsers(dest="eval_command", metavar="METRIC", parser_class=Parser)
@@ -65,6 +66,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     nll.add_argument("--clip", action="store_true",
                      help="clamp predicted x_0 to [-1, 1] in every term: the bound of the model as it samples "
                           "with clipping (default: the unclipped model)")
+    nll.add_argument("--cdf", choices=CDFS, default="exact",
+                     help="normal CDF of the decoder L_0: exact (erf; default) or approx (the tanh approximation "
+                          "of the DDPM / improved-diffusion code, for figures comparable with theirs)")
     nll.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval)")
     nll.set_defaults(eval_run=run_eval_nll)
     add_train_featurizer_parser(sub)
@@ -343,9 +347,11 @@ def run_eval_nll(args) -> int:
     T = run.diffusion.num_timesteps
     clip = "predicted x_0 clipped to [-1, 1]" if args.clip else "predicted x_0 not clipped"
     say(f"NLL of {args.n} {dataset} {args.split} images under {run.checkpoint} ({run.weights} weights, step "
-         f"{run.step}): full bound, {T} network evaluations per batch; conditioning: {conditioning}; {clip}")
+        f"{run.step}): full bound, {T} network evaluations per batch; conditioning: {conditioning}; {clip}; "
+        f"{args.cdf} normal CDF in L_0")
     res = evaluate_nll(run.model, run.diffusion, x.to(device), batch_size=args.batch_size or 64,
-                       model_kwargs_fn=kwargs_fn, seed=seed, clip_denoised=args.clip, progress=not args.no_progress)
+                       model_kwargs_fn=kwargs_fn, seed=seed, clip_denoised=args.clip, progress=not args.no_progress,
+                       cdf=args.cdf)
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {**res.to_dict(), "dataset": dataset, "split": args.split, "checkpoint": str(run.checkpoint),
            "step": run.step, "weights": run.weights, "num_timesteps": T, "conditioning": conditioning, "seed": seed,
