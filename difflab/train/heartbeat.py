@@ -28,6 +28,7 @@ class Heartbeat(Callback):
 
     def on_start(self, run: RunState) -> None:
         self.last_t, self.last_step, self.loss_sum, self.loss_n = self.clock(), run.step, 0.0, 0
+        self.last_train_s = run.train_seconds
 
     def on_step_end(self, run: RunState) -> None:
         if run.last_loss is not None:
@@ -40,8 +41,10 @@ class Heartbeat(Callback):
         steps = run.step - self.last_step
         loss = f"loss {self.loss_sum / self.loss_n:.4g} (mean of {self.loss_n} steps)" if self.loss_n else "no loss yet"
         budget = f" of {tc.max_minutes:g}" if tc.max_minutes else ""
-        line = (f"step {run.step}/{tc.steps} | {loss} | {steps * tc.batch_size / (now - self.last_t):.3g} images/s | "
+        speed = steps * tc.batch_size / max(run.train_seconds - self.last_train_s, 1e-9)   # of training time
+        line = (f"step {run.step}/{tc.steps} | {loss} | {speed:.3g} images/s | "
                 f"{run.train_seconds / 60:.1f}{budget} min of training")
         self.lines.append(line)
         run.env.log(line)
         self.last_t, self.last_step, self.loss_sum, self.loss_n = now, run.step, 0.0, 0
+        self.last_train_s = run.train_seconds
