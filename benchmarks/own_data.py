@@ -35,9 +35,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from _common import ARTIFACTS, MNIST_DIR, RESULTS, ROOT, child, write_section  # noqa: E402
+from difflab.runs import STATE_NAME  # noqa: E402
 
 HEADING = "## Own data: difflab train --data (digits, MNIST, coloured MNIST)"
 DATASETS = ("digits", "mnist", "colored-mnist")
@@ -81,12 +83,13 @@ def seed_featurizers(cache: Path) -> None:
 def summary(run: Path) -> dict:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    train_rows = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "heldout_loss" in r]
-    step = int((run / "checkpoints" / "latest").read_text().strip().split("_")[-1])
+    latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    state = torch.load(latest / STATE_NAME, map_location="cpu", weights_only=False)
+    step = int(state["step"])
     final = json.loads((run / "eval_final.json").read_text())
     m, t = cfg["model"], cfg["train"]
-    return {"steps": step, "train_minutes": (train_rows[-1]["train_s"] / 60) if train_rows else None,
+    return {"steps": step, "train_minutes": float(state["train_seconds"]) / 60,
             "network": f"{m['model_channels']} ch x {m['channel_mult']}, {m['num_res_blocks']} block(s)",
             "image_size": m["image_size"], "batch": t["batch_size"], "lr": t["lr"], "ema_decay": t["ema_decay"],
             "guidance": cfg["sample"]["guidance_scale"], "sampler": f"{cfg['sample']['sampler']} {cfg['sample']['steps']}",
@@ -153,7 +156,7 @@ def main() -> int:
              "| data | steps | train min | network (chosen) | batch | lr | EMA | sampler, w | FD | floor | FD/floor "
              "| precision (floor) | recall (floor) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        mins = f"{r['train_minutes']:.1f}" if r["train_minutes"] is not None else "n/a"
+        mins = f"{r['train_minutes']:.1f}"
         lines.append(f"| {name} | {r['steps']} | {mins} | {r['image_size']}px, {r['network']} | {r['batch']} | "
                      f"{r['lr']:g} | {r['ema_decay']} | {r['sampler']}, {r['guidance']} | {r['fd']:.4g} | "
                      f"{r['floor_fd']:.4g} | {r['fd'] / r['floor_fd']:.2f}x | {r['precision']:.3f} "
