@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from difflab.data.toy import mixture_params
@@ -6,6 +7,7 @@ from difflab.exact import GaussianMixture
 from difflab.toy import run_toy, sample_toy_model, train_toy
 
 
+@pytest.mark.slow
 def test_toy_model_learns_gaussian_mixture():
     res = train_toy("gaussian_mixture", steps=800, batch_size=256, lr=3e-3,
                     diffusion=DiffusionConfig(schedule="cosine", num_timesteps=200, prediction="v"))

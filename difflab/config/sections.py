@@ -40,6 +40,10 @@ class DataConfig:
     labels: bool = False             # train class-conditionally on the dataset's labels
     skip_corrupt: bool = False       # folder datasets: skip unreadable files (and list them)
     download: bool = False           # fetch missing files from the official mirrors
+    # folder datasets: hold out this share of the images (by a hash of each path, difflab.data.split_files),
+    # written to RUN_DIR/split.json and never trained on; 0 = train on every image
+    holdout_fraction: float = 0.0
+    holdout_seed: int = 0
 
     def __post_init__(self):
         require(bool(self.dataset), "data.dataset must be a dataset name (digits, mnist, fashion-mnist, "
@@ -48,6 +52,11 @@ class DataConfig:
         require(self.channels in (None, 1, 3), f"data.channels must be 1, 3 or null, got {self.channels}")
         require(self.dataset != "folder" or self.root is not None,
                 "data.dataset 'folder' needs data.root=<folder of images> (or --data-root)")
+        require(0.0 <= self.holdout_fraction < 1.0,
+                f"data.holdout_fraction must be in [0, 1) (0 = no held-out split), got {self.holdout_fraction}")
+        require(self.holdout_fraction == 0.0 or self.dataset == "folder",
+                f"data.holdout_fraction applies to folder datasets; {self.dataset} has its own test split")
+        require(self.holdout_seed >= 0, f"data.holdout_seed must be >= 0, got {self.holdout_seed}")
 
 
 @dataclass(frozen=True)
@@ -116,9 +125,22 @@ class TrainConfig(TrainSettings):
 
     class_dropout: float = 0.1         # P(label -> null class), for classifier-free guidance
     timestep_sampling: str = "uniform"  # uniform | loss_aware (iDDPM sec. 3.3 importance sampling)
+    # Evaluation during training (difflab.train.evaluation): every eval_every_minutes of training time and at
+    # the end, FD and precision/recall of eval_n samples against the held-out images (data.holdout_fraction, or
+    # the dataset's eval_split), beside the floor; 0 = off. Evaluations wait so that they take at most
+    # eval_max_share of the training time; eval_cache_dir: featurizers (default ~/.cache/difflab).
+    eval_every_minutes: float = 0.0
+    eval_n: int = 500
+    eval_split: str = "test"
+    eval_max_share: float = 0.2
+    eval_cache_dir: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
+        _check_eval(self)
+        require(self.eval_every_minutes >= 0 and math.isfinite(self.eval_every_minutes),
+                f"train.eval_every_minutes must be a finite number >= 0 (0 = off), got {self.eval_every_minutes}")
+        require(self.eval_max_share > 0, f"train.eval_max_share must be > 0, got {self.eval_max_share}")
         require(self.ema_decay is not None, "train.ema_decay=null: a diffusion run samples with its EMA weights; "
                                             "set a decay in [0, 1) (0 = the weights themselves)")
         require(0.0 <= self.class_dropout < 1.0, f"train.class_dropout must be in [0, 1), got {self.class_dropout}")

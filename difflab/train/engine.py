@@ -17,7 +17,8 @@ autoencoder and its discriminator do). The engine gives every task the same guar
   gradients are averaged over processes before every update (``distributed.average_gradients``);
 - autocast (``train.mixed_precision``; fp16 with a GradScaler), metrics.jsonl / .csv, TensorBoard
   (``train.tensorboard``: ``difflab.train.tensorboard``, itself a callback), a progress bar, sample grids
-  every ``train.sample_every`` steps, and :class:`Callback` events.
+  every ``train.sample_every`` steps, and :class:`Callback` events; without the bar, a log line at least
+  once a minute (``difflab.train.heartbeat``).
 
 Callbacks (``train(..., callbacks=[...])``) observe a run without forking the loop: ``on_start``,
 ``on_log`` (every metrics row), ``on_sample``, ``on_figure`` (every figure reported), ``on_checkpoint``,
@@ -49,6 +50,7 @@ from .runtime import (StopRequest, autocast, check_mixed_precision, learning_rat
                       set_threads, stderr_log)
 from .state import restore, training_state
 from .task import Callback, Env, NonFiniteLossError, Outcome, RunState, Task, TrainResult
+from .heartbeat import Heartbeat
 from .tensorboard import tensorboard_callback
 
 
@@ -66,8 +68,10 @@ def train_task(task: Task, run_dir: str | os.PathLike, *, resume: bool | str | o
         if info.enabled and device.type == "cuda":
             device = torch.device("cuda", info.local_rank)
             torch.cuda.set_device(device)
+        # without a progress bar, a line at least once a minute (unless the caller brought its own Heartbeat)
+        heartbeat = [] if progress or any(isinstance(cb, Heartbeat) for cb in callbacks) else [Heartbeat()]
         return _Loop(task, Path(run_dir), device, info, log if info.is_main else quiet_log, progress,
-                     [*callbacks, *([tensorboard] if tensorboard is not None else [])]).run(resume)
+                     [*callbacks, *heartbeat, *([tensorboard] if tensorboard is not None else [])]).run(resume)
     finally:
         if tensorboard is not None:
             tensorboard.close()     # also when the run failed
@@ -201,7 +205,7 @@ class _Loop:
                     ema.update(nets.model)
                 run.step += 1
                 run.train_seconds += time.perf_counter() - step_t0
-                last_loss = loss_value
+                last_loss = run.last_loss = loss_value
                 for k, v in {"loss": loss_value, **out.logs}.items():
                     window[k] = window.get(k, 0.0) + v
                 window_n += 1

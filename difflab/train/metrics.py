@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write
-from ..viz import plot_losses
+from ..viz import new_figure, plot_losses, save_figure
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -78,3 +78,37 @@ def plot_metrics(run_dir: str | os.PathLike) -> Path | None:
     smooth = min(0.9, max(0.0, 1.0 - 20.0 / len(rows)))   # lighter smoothing for short runs
     return plot_losses([r["step"] for r in rows], [r["loss"] for r in rows], Path(run_dir) / "loss.png",
                        smooth=smooth, title="training loss")
+
+
+def plot_eval(run_dir: str | os.PathLike) -> Path | None:
+    """``eval.png``: the training loss (left) and, beside it, the Frechet distance of the evaluations
+    during training with its floor (right; the held-out denoising loss when no FD was measured)."""
+    rows = read_metrics(run_dir)
+    evals = [r for r in rows if not is_training_row(r) and isinstance(r.get("heldout_loss"), (int, float))]
+    if not evals:
+        return None
+    train = [r for r in rows if is_training_row(r) and isinstance(r.get("loss"), (int, float))
+             and math.isfinite(r["loss"])]
+    fig = new_figure(figsize=(10.0, 4.0))
+    ax = fig.add_subplot(1, 2, 1)
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="training loss")
+    ax.plot([r["step"] for r in evals], [r["heldout_loss"] for r in evals], "o-", label="held-out loss")
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax = fig.add_subplot(1, 2, 2)
+    fd = [r for r in evals if isinstance(r.get("fd"), (int, float))]
+    if fd:
+        ax.plot([r["step"] for r in fd], [r["fd"] for r in fd], "o-", label=f"FD of {fd[-1].get('eval_n')} samples")
+        ax.plot([r["step"] for r in fd], [r["fd_floor"] for r in fd], "--", color="gray",
+                label="floor (training vs held-out images)")
+        ax.set_yscale("log")
+        ax.set_title(f"last: FD {fd[-1]['fd']:.4g}, floor {fd[-1]['fd_floor']:.4g}")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no featurizer: Frechet distance not measured", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+    return save_figure(fig, Path(run_dir) / "eval.png")

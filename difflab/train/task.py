@@ -167,6 +167,7 @@ class RunState:
     train_seconds: float = 0.0
     skipped_steps: int = 0
     callbacks: list[Callback] = field(default_factory=list)
+    last_loss: float | None = None    # the loss of the last step taken (this process's, before averaging)
 
     @property
     def eval_model(self) -> torch.nn.Module:
