@@ -8,8 +8,10 @@ Importing this module puts the repository root on ``sys.path``, so a script run 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,3 +47,20 @@ def child(cmd: list[str], log: Path | None = None, threads: int = 1) -> subproce
     out = open(log, "w") if log is not None else None
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=env, cwd=ROOT)
+
+
+def timed(f) -> float:
+    """Seconds one call of ``f()`` takes."""
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def matmul_peak(n: int = 2048, repeats: int = 7) -> tuple[float, float]:
+    """fp32 matmul GFLOP/s on this machine with torch's current thread count: (best, median) over repeats."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    rates = [2 * n**3 / timed(lambda: a @ b) / 1e9 for _ in range(repeats)]
+    return max(rates), statistics.median(rates)

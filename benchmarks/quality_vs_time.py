@@ -203,8 +203,8 @@ def sample_difflab(run, n: int, seed: int, batch: int, steps: int | None = None,
                    guidance: str | None = None) -> tuple[torch.Tensor, int, str]:
     """``n`` samples with the run's own sampler and default guidance (classes cycling 0..9 for a
     class-conditional run), or with ``steps`` / ``guidance`` (a weight w, or "none") instead;
-    sample i seeded ``seed * 2^20 + i``. The NFE counts both halves of a classifier-free guided
-    batch (two network evaluations per step)."""
+    sample i seeded ``seed * 2^20 + i``. The NFE is the sampler's count, which counts both halves of
+    a classifier-free guided batch (two network evaluations per step)."""
     from difflab.sampling import build_guided_model, sample_images
 
     s = dataclasses.replace(run.config.sample, seed=seed, batch_size=batch)
@@ -219,7 +219,7 @@ def sample_difflab(run, n: int, seed: int, batch: int, steps: int | None = None,
     cfg = s.guidance_scale is not None
     how = (f"{s.sampler} {s.steps} steps" + (f", eta {s.eta:g}" if s.sampler in ("ddim", "dpm++2m") else "")
            + (f", classes cycling 0..9, {guided.description}" if cfg else ""))
-    return out.sample.clamp(-1, 1), out.nfe * (2 if cfg else 1), how
+    return out.sample.clamp(-1, 1), out.nfe, how
 
 
 def evaluate_recipe(args, recipe: str) -> list[dict]:
@@ -324,7 +324,8 @@ def report(rows: list[dict], args, argv: list[str]) -> str:
                if ("difflab", m) in by and ("diffusers", m) in by)
     last = final or (ours_rows[-1] if ours_rows else None)
     lines += ["", f"Samplers: difflab {ours_rows[0]['sampler'] if ours_rows else '-'} ({ours_rows[0]['nfe'] if ours_rows else '-'} NFE, EMA weights); "
-                  f"diffusers {peer_rows[0]['sampler'] if peer_rows else '-'} (50 NFE).", "",
+                  f"diffusers {peer_rows[0]['sampler'] if peer_rows else '-'} (50 NFE). NFE: network evaluations "
+                  "per sample; a classifier-free guided step counts two.", "",
               f"Targets: difflab at most half of the diffusers recipe's distance at every point: "
               f"{'met' if half else 'NOT met'}; at most 3x the floor by {args.minutes:g} minutes "
               f"({last.get('n', args.n) if last else '-'} samples): "

@@ -1,8 +1,11 @@
 """Sample quality against the number of network evaluations, for every sampler, on one trained model.
 
 Ours: DDPM (full chain, sigma^2 = beta-tilde and beta), DDIM (eta 0 / 0.5 / 1 at 10, 20, 50,
-100 steps), DPM-Solver++(2M) and Heun (about 10 and 20 NFE). Peers on the same model and
-the same starting noise: diffusers' DDIMScheduler and DPMSolverMultistepScheduler at 10 and 20 NFE.
+100 steps), DPM-Solver++(2M), its SDE and Heun (about 10 and 20 NFE), the last three also on the
+Karras grid. Peers on the same model and the same starting noise: diffusers' DDIMScheduler and
+DPMSolverMultistepScheduler (dpmsolver++ and sde-dpmsolver++, with and without use_karras_sigmas)
+at 10 and 20 NFE. NFE = network evaluations per sample (a classifier-free guided step would count
+two; these rows are unguided).
 
 Quality = Frechet distance to the held-out test split in the feature space of difflab's
 clean evaluation classifier (trained on the training split only), with the same number of
@@ -98,10 +101,12 @@ def diffusers_peer(run, kind: str, steps: int, n: int, seed: int, batch: int):
     if kind == "ddim":
         sched = DDIMScheduler(clip_sample=True, set_alpha_to_one=True, **common)
     else:
-        # thresholding with sample_max_value=1 clips pred_x0 to [-1, 1], as clip_sample does for DDIM and
-        # clip_denoised for ours (without it diffusers' DPM-Solver diverges on this cosine-schedule model)
-        sched = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, thresholding=True,
-                                            sample_max_value=1.0, **common)
+        # kind: dpm, dpm-sde, dpm-karras or dpm-sde-karras. thresholding with sample_max_value=1 clips pred_x0
+        # to [-1, 1], as clip_sample does for DDIM and clip_denoised for ours (without it diffusers' DPM-Solver
+        # diverges on this cosine-schedule model)
+        sched = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++" if "sde" in kind else "dpmsolver++",
+                                            solver_order=2, thresholding=True, sample_max_value=1.0,
+                                            use_karras_sigmas="karras" in kind, **common)
     shape = (run.config.model.in_channels, run.config.model.image_size, run.config.model.image_size)
     outs = []
     for start in range(0, n, batch):
@@ -114,7 +119,9 @@ def diffusers_peer(run, kind: str, steps: int, n: int, seed: int, batch: int):
             for t in sched.timesteps:
                 tt = torch.full((x.shape[0],), int(t), dtype=torch.long)
                 out = run.model(x, tt, **cond)
-                x = sched.step(out, t, x).prev_sample
+                # the SDE's noise from the per-sample generators (after x_T), as ours draws it
+                extra = {"generator": gens} if "sde" in kind else {}
+                x = sched.step(out, t, x, **extra).prev_sample
         outs.append(x)
     return torch.cat(outs).clamp(-1, 1), steps
 
@@ -128,9 +135,16 @@ def configurations(quick: bool):
             rows.append(("difflab", "ddim", f"DDIM eta={eta:g}", steps, dict(eta=eta)))
     for steps in (10, 20):
         rows.append(("difflab", "dpm++2m", "DPM-Solver++(2M)", steps, {}))
+        rows.append(("difflab", "dpm++2m", "DPM-Solver++(2M), Karras", steps, dict(sigma_schedule="karras")))
+        rows.append(("difflab", "dpm++2m-sde", "DPM-Solver++(2M) SDE", steps, {}))
+        rows.append(("difflab", "dpm++2m-sde", "DPM-Solver++(2M) SDE, Karras", steps, dict(sigma_schedule="karras")))
     for steps in (6, 11):   # Heun: 2 * steps - 1 NFE -> 11 and 21
         rows.append(("difflab", "heun", "Heun (EDM)", steps, {}))
-    for kind, label in (("ddim", "diffusers DDIMScheduler (eta 0)"), ("dpm", "diffusers DPMSolverMultistep (2M)")):
+        rows.append(("difflab", "heun", "Heun (EDM), Karras", steps, dict(sigma_schedule="karras")))
+    for kind, label in (("ddim", "diffusers DDIMScheduler (eta 0)"), ("dpm", "diffusers DPMSolverMultistep (2M)"),
+                        ("dpm-sde", "diffusers DPMSolverMultistep (2M SDE)"),
+                        ("dpm-karras", "diffusers DPMSolverMultistep (2M, Karras)"),
+                        ("dpm-sde-karras", "diffusers DPMSolverMultistep (2M SDE, Karras)")):
         for steps in (10, 20):
             rows.append(("diffusers", kind, label, steps, {}))
     return rows
@@ -165,13 +179,46 @@ def drop_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     return out
 
 
+def targets_line(table: list[dict]) -> str:
+    """The targets: the best difflab sampler at <= 10 NFE against the best DDPM-1000, against DDIM eta=1 at
+    10 NFE and against the best diffusers scheduler at <= 10 NFE (each part only where its rows exist;
+    rows that failed, with fd None, are left out)."""
+    table = [r for r in table if r["fd"] is not None]
+    mine = [r for r in table if r["impl"] == "difflab" and r["nfe"] <= 10]
+    if not mine:
+        return "Targets: no difflab row at <= 10 NFE."
+    best10 = min(mine, key=lambda r: r["fd"])
+    parts = [f"Targets: best difflab sampler at <= 10 NFE ({best10['sampler']}, {best10['nfe']} NFE): "
+             f"FD {best10['fd']:.3f}"]
+    ddpm = [r["fd"] for r in table if r["sampler"].startswith("DDPM")]
+    if ddpm:
+        parts.append(f"= {best10['fd'] / min(ddpm):.2f}x the best DDPM-1000 ({min(ddpm):.3f}) (target <= 1.5x: "
+                     f"{'met' if best10['fd'] <= 1.5 * min(ddpm) else 'NOT met'});")
+    eta1 = [r for r in table if r["sampler"] == "DDIM eta=1" and r["nfe"] == 10]
+    others = [r for r in mine if r["sampler"] != "DDIM eta=1"]
+    if eta1 and others:
+        rival = min(others, key=lambda r: r["fd"])
+        parts.append(f"best other than DDIM eta=1: {rival['sampler']} {rival['fd']:.3f} against DDIM eta=1's "
+                     f"{eta1[0]['fd']:.3f} (target: below: {'met' if rival['fd'] < eta1[0]['fd'] else 'NOT met'});")
+    peers = [r for r in table if r["impl"] == "diffusers" and r["nfe"] <= 10]
+    if peers:
+        peer10 = min(peers, key=lambda r: r["fd"])
+        parts.append(f"best diffusers scheduler at 10 NFE: {peer10['sampler']} {peer10['fd']:.3f} "
+                     f"({'ours at least as good' if best10['fd'] <= peer10['fd'] else 'diffusers better'}).")
+    return " ".join(parts)
+
+
 def measure(run, feat, ref, row, args) -> dict:
     impl, name, label, steps, opts = row
     t0 = time.perf_counter()
     if impl == "difflab":
         images, nfe = ours(run, name, steps, args.n, args.seed, args.batch, **opts)
     else:
-        images, nfe = diffusers_peer(run, name, steps, args.n, args.seed, args.batch)
+        try:
+            images, nfe = diffusers_peer(run, name, steps, args.n, args.seed, args.batch)
+        except Exception as e:   # a peer that cannot sample this model is a result too: say how it failed
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            return dict(sampler=label, impl=impl, nfe=steps, fd=None, error=error, seconds=time.perf_counter() - t0)
     return dict(sampler=label, impl=impl, nfe=nfe, fd=fd_of(feat, ref, images), seconds=time.perf_counter() - t0)
 
 
@@ -203,9 +250,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="fewer DDIM step counts")
+    ap.add_argument("--max-nfe", type=int, default=None, help="only rows with at most this many network evaluations")
+    ap.add_argument("--min-nfe", type=int, default=0, help="only rows with at least this many network evaluations")
+    ap.add_argument("--tag", default=None, help="a name for this model's table: section '## Sampler quality "
+                                                "(<dataset>, <tag>)' and its own JSON / plot, beside the untagged one")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
-    ap.add_argument("--only", default=None, help="re-measure only rows whose label contains this text; the other "
-                                                 "rows come from the previous run's JSON")
+    ap.add_argument("--only", default=None, help="re-measure only rows whose label contains this text (alternatives "
+                                                 "separated by |); the other rows come from the previous run's JSON")
     ap.add_argument("--report-only", action="store_true", help="write the section from the stored rows "
                                                                   "(benchmarks/artifacts/sampler_quality_<dataset>.json)")
     ap.add_argument("--jobs", type=int, default=1, help="measure the rows in this many single-threaded processes "
@@ -221,6 +272,8 @@ def main(argv=None):
     run = load_run(args.run)
     feat, ref, train, test = evaluator(args.dataset, args.data_root)
     rows = configurations(args.quick)
+    T = run.diffusion.num_timesteps
+    rows = [r for r in rows if args.min_nfe <= cost(r, T) <= (args.max_nfe or T)]
     if args.rows is not None:   # a worker of --jobs: measure these rows only, hand them back in a file
         done = []
         for i in map(int, args.rows.split(",")):
@@ -233,12 +286,18 @@ def main(argv=None):
     floor = fd_of(feat, ref, train.to_float()[floor_idx])
     print(f"floor: {args.n} training images vs test: FD {floor:.3f}", flush=True)
 
-    stored = ARTIFACTS / f"sampler_quality_{args.dataset}.json"
-    wanted = (lambda label: args.only in label) if args.only else (lambda label: True)
+    name = args.dataset + (f"_{args.tag}" if args.tag else "")
+    heading = f"## Sampler quality ({args.dataset}" + (f", {args.tag})" if args.tag else ")")
+    stored = ARTIFACTS / f"sampler_quality_{name}.json"
+    only = args.only.split("|") if args.only else [""]
+    wanted = lambda label: any(p in label for p in only)  # noqa: E731
     if args.report_only:
         table, todo = json.loads(stored.read_text()), []
     else:
-        table = [r for r in json.loads(stored.read_text()) if not wanted(r["sampler"])] if args.only else []
+        # rows re-measured now replace their stored versions; every other stored row is kept
+        redo = {(row[2], cost(row, T)) for row in rows if wanted(row[2])}
+        table = [r for r in json.loads(stored.read_text()) if (r["sampler"], r["nfe"]) not in redo] \
+            if args.only else []
         todo = [row for row in rows if wanted(row[2])]
     if args.jobs > 1 and len(todo) > 1:
         # workers get their rows by index, one thread each
@@ -252,14 +311,11 @@ def main(argv=None):
             print(json.dumps(table[-1]), flush=True)
 
     stored.write_text(json.dumps(table, indent=1))
-    ddpm_best = min(r["fd"] for r in table if r["sampler"].startswith("DDPM"))
-    best10 = min((r for r in table if r["impl"] == "difflab" and r["nfe"] <= 10), key=lambda r: r["fd"])
-    peer10 = min((r for r in table if r["impl"] == "diffusers" and r["nfe"] <= 10), key=lambda r: r["fd"])
     # the table is the full run's (--only re-measured some rows of it)
     cmd = "python benchmarks/sampler_quality.py " + " ".join(
         a for a in drop_flags(argv if argv is not None else sys.argv[1:], ("--only",))
         if a not in ("--report-only", "--no-write"))
-    lines = [f"## Sampler quality ({args.dataset})", "",
+    lines = [heading, "",
              f"Command: `{cmd}`", "",
              f"Model: `{args.run}` (step {run.step}, {run.weights} weights; prediction {run.diffusion.prediction}, "
              f"{run.config.diffusion.schedule} schedule, T={run.diffusion.num_timesteps}"
@@ -267,24 +323,27 @@ def main(argv=None):
                 if run.config.model.num_classes else "") + "). "
              f"Featurizer: `{feat.name}` (difflab's clean classifier, trained on the training split only); "
              f"reference: the {len(test)}-image test split. {args.n} samples per row, sample i seeded "
-             f"{args.seed} * 2^20 + i (the same starting noise for every row), predicted x_0 clipped to [-1, 1].", "",
+             f"{args.seed} * 2^20 + i (the same starting noise for every row), predicted x_0 clipped to [-1, 1]. "
+             "NFE: network evaluations per sample (a classifier-free guided step would count two; these rows are "
+             "unguided).", "",
              f"Floor: {args.n} real training images against the test split: FD **{floor:.3f}**.", "",
              "| sampler | implementation | NFE | FD | FD / floor | seconds |", "|---|---|---|---|---|---|"]
     for r in sorted(table, key=lambda r: (r["impl"] != "difflab", r["sampler"], r["nfe"])):
+        if r["fd"] is None:
+            lines.append(f"| {r['sampler']} | {r['impl']} | {r['nfe']} | failed: {r['error']} | - | "
+                         f"{r['seconds']:.0f} |")
+            continue
         lines.append(f"| {r['sampler']} | {r['impl']} | {r['nfe']} | {r['fd']:.3f} | {r['fd'] / floor:.2f} | "
                      f"{r['seconds']:.0f} |")
-    lines += ["", f"Targets: best difflab sampler at <= 10 NFE ({best10['sampler']}, {best10['nfe']} NFE): "
-                  f"FD {best10['fd']:.3f} = {best10['fd'] / ddpm_best:.2f}x the best DDPM-1000 ({ddpm_best:.3f}) "
-                  f"(target <= 1.5x: {'met' if best10['fd'] <= 1.5 * ddpm_best else 'NOT met'}); "
-                  f"best diffusers scheduler at 10 NFE: {peer10['fd']:.3f} "
-                  f"({'ours at least as good' if best10['fd'] <= peer10['fd'] else 'diffusers better'}).", ""]
-    plot = ARTIFACTS / f"sampler_quality_{args.dataset}.png"
+    lines += ["", targets_line(table), ""]
+    plot = ARTIFACTS / f"sampler_quality_{name}.png"
     from difflab.viz import new_figure, save_figure
     fig = new_figure((7, 4.5))
     ax = fig.add_subplot(1, 1, 1)
-    labels = sorted({r["sampler"] for r in table})
+    measured = [r for r in table if r["fd"] is not None]
+    labels = sorted({r["sampler"] for r in measured})
     for lab in labels:
-        rs = sorted((r for r in table if r["sampler"] == lab), key=lambda r: r["nfe"])
+        rs = sorted((r for r in measured if r["sampler"] == lab), key=lambda r: r["nfe"])
         ax.plot([r["nfe"] for r in rs], [r["fd"] for r in rs], marker="o", label=lab)
     ax.axhline(floor, color="gray", linestyle="--", label="floor (real train vs test)")
     ax.set_xscale("log")
@@ -296,7 +355,7 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(RESULTS, f"## Sampler quality ({args.dataset})", text)
+        write_section(RESULTS, heading, text)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,12 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from _common import RESULTS, write_section  # noqa: E402  (puts the repository on sys.path)
+from _common import RESULTS, matmul_peak, timed, write_section  # noqa: E402  (puts the repository on sys.path)
 
 from difflab.nn import UNet, get_unet_preset  # noqa: E402
 from difflab.interop import state_dict_to_difflab, unet2d_config  # noqa: E402
@@ -79,20 +78,6 @@ def train_step(model, fn, opt, x, t, target) -> None:
 def infer(model, fn, x, t) -> None:
     model.eval()
     fn(x, t)
-
-
-def timed(f) -> float:
-    t0 = time.perf_counter()
-    f()
-    return time.perf_counter() - t0
-
-
-def matmul_peak(n: int = 2048, repeats: int = 7) -> tuple[float, float]:
-    """fp32 matmul GFLOP/s: (best, median) over repeats."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    rates = [2 * n**3 / timed(lambda: a @ b) / 1e9 for _ in range(repeats)]
-    return max(rates), statistics.median(rates)
 
 
 def count_flops(model, fn, x, t, backward: bool) -> tuple[int, int]:

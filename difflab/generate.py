@@ -121,15 +121,18 @@ class Drawn:
 
 
 def draw(run, sample: SampleConfig, conditions: Conditions = Conditions(), *, guided=None, device="cpu",
-         return_trajectory: bool = False, progress: bool = False, callback=None) -> Drawn:
+         return_trajectory: bool = False, progress: bool = False, callback=None,
+         sampler_options: dict | None = None) -> Drawn:
     """Sample ``run`` (a :class:`~difflab.runs.LoadedRun`) as ``sample`` and ``conditions`` say.
 
     ``guided``: a :class:`~difflab.sampling.GuidedModel` (None: the run's network as it is); ``callback``
     is handed to the sampler, ``callback(i, t, x_t, pred_x0)`` after each step of each batch of
-    ``sample.batch_size`` images (raising from it stops sampling).
+    ``sample.batch_size`` images (raising from it stops sampling); ``sampler_options``: more arguments
+    for the sampler (e.g. ``sigma_schedule="karras"``), after the guidance's own.
     """
     model, diffusion, options = ((guided.model, guided.diffusion, dict(guided.sampler_options)) if guided is not None
                                  else (run.model, run.diffusion, {}))
+    options.update(sampler_options or {})
     if callback is not None:
         options["callback"] = callback
     c, m = conditions, run.config.model

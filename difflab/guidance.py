@@ -60,7 +60,9 @@ def classifier_free(model, guidance: float, *, uncond: Callable[[dict], dict], c
     rows 0..B-1 carry the conditioning and rows B..2B-1 the null conditioning; tensors in the
     kwargs are concatenated the same way (kwargs equal in both branches are repeated).
     Every channel of the mean output is guided; a learned variance (the second half of a 2C
-    output) is taken from the conditional branch.
+    output) is taken from the conditional branch. The returned function has ``nfe_per_call = 2``
+    (twice the wrapped model's): samplers count each call as two network evaluations, the usual
+    convention for guided sampling, although the two branches share one batched call.
 
     ``rescale`` = phi in [0, 1] (Lin et al. 2024, eq. 15-16): the guided output is rescaled to
     the per-sample standard deviation of the conditional one and mixed with weight phi,
@@ -102,6 +104,7 @@ def classifier_free(model, guidance: float, *, uncond: Callable[[dict], dict], c
         return mean if var_c is None else torch.cat([mean, var_c], dim=1)
 
     guided.guidance = w
+    guided.nfe_per_call = 2 * getattr(model, "nfe_per_call", 1)
     return guided
 
 
@@ -123,6 +126,9 @@ def classifier_guidance(model, classifier, diffusion: GaussianDiffusion, scale: 
     forward process; it receives the training chain's timesteps). The requested class comes
     in ``model_kwargs[label_key]``; it is removed before calling an unconditional model
     unless ``model_takes_labels``.
+
+    The classifier's forward and backward pass are not counted as network evaluations: the returned
+    function keeps the wrapped model's ``nfe_per_call``.
 
     ``rule="eps"``: eps~ = eps - sqrt(1 - abar_t) s grad log p(y|x_t) -- for DDIM, DPM-Solver,
     Heun and any sampler. ``rule="mean_shift"``: the DDPM rule mu~ = mu + s Sigma_t grad log
@@ -161,6 +167,7 @@ def classifier_guidance(model, classifier, diffusion: GaussianDiffusion, scale: 
         mean = mean + diffusion.output_shift_for_x0_shift(x_t, i, delta_x0)
         return mean if var is None else torch.cat([mean, var], dim=1)
 
+    guided.nfe_per_call = getattr(model, "nfe_per_call", 1)
     return guided
 
 

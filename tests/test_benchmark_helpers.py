@@ -46,3 +46,23 @@ def test_write_section_replaces_only_its_own_section_and_appends_new_ones(tmp_pa
     write_section(path, "## C", "## C\n\nc\n")
     assert path.read_text() == "# Benchmark results\n\n## A\n\nnew a\nsecond line\n\n## B\n\nnew b\n\n## C\n\nc\n"
     assert [f.name for f in tmp_path.iterdir()] == ["RESULTS.md"]      # no temporary file left behind
+
+
+def test_targets_line_reports_what_the_rows_allow():
+    row = lambda sampler, impl, nfe, fd: dict(sampler=sampler, impl=impl, nfe=nfe, fd=fd)  # noqa: E731
+    table = [row("DDIM eta=1", "difflab", 10, 29.5), row("DPM-Solver++(2M) SDE", "difflab", 10, 27.0),
+             row("DPM-Solver++(2M) SDE", "difflab", 20, 20.0),
+             row("diffusers DPMSolverMultistep (2M)", "diffusers", 10, 39.1)]
+    line = sq.targets_line(table)
+    assert "(DPM-Solver++(2M) SDE, 10 NFE): FD 27.000" in line and "DDPM" not in line
+    assert "against DDIM eta=1's 29.500 (target: below: met)" in line and "ours at least as good" in line
+    table.append(row("DDPM, sigma^2 = beta-tilde", "difflab", 1000, 25.0))
+    table[1]["fd"] = 30.0
+    line = sq.targets_line(table)
+    assert "= 1.18x the best DDPM-1000 (25.000) (target <= 1.5x: met)" in line
+    assert "best other than DDIM eta=1: DPM-Solver++(2M) SDE 30.000" in line and "NOT met" in line
+    assert sq.targets_line([row("DDIM eta=1", "difflab", 20, 1.0)]) == "Targets: no difflab row at <= 10 NFE."
+    # a peer that failed on the model (fd None) is left out of the comparison
+    failed = [row("DDIM eta=1", "difflab", 10, 29.5),
+              row("diffusers DPMSolverMultistep (2M, Karras)", "diffusers", 10, None)]
+    assert "diffusers" not in sq.targets_line(failed)

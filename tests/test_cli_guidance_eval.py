@@ -107,6 +107,7 @@ def test_sample_with_guidance_scale_writes_a_grid_and_w0_is_the_conditional_mode
                              "--out", tmp_path / "cfg.png", "--no-progress")
     assert code == 0, err
     assert "classifier-free guidance w=3, rescale 0.5, dynamic thresholding p=0.99" in out
+    assert "4 network evaluations per sample" in out   # 2 guided steps: conditional + unconditional each
     assert png(tmp_path / "cfg.png").shape == (70, 70)            # 2 x 2 grid of 8x8 images shown 4x
     for name, extra in (("w0", ["--guidance-scale", 0]), ("plain", [])):
         assert main(["sample", "--checkpoint", str(runs["cond"]), "--class-label", "3", "-n", "2", "--steps", "2",
@@ -132,6 +133,7 @@ def test_the_runs_default_guidance_scale_is_used_unless_the_flag_overrides_it(tm
                              "--out", tmp_path / "s.png", "--no-guidance")
     assert code == 0, err
     assert "; guidance:" not in out and "classifier-free" not in out
+    assert "2 network evaluations per sample" in out
     code, out, err = run_cli(capsys, "sample", "--checkpoint", run, "--no-guidance", "--guidance-scale", 1,
                              "--out", tmp_path / "s.png", "--no-progress")
     assert code == 2 and "contradict" in err

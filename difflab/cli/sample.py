@@ -13,7 +13,7 @@ from .sampling import add_guidance_arguments, guided_from_args, sample_condition
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    from ..samplers import SAMPLERS
+    from ..samplers import SAMPLERS, SIGMA_SCHEDULES
     from ..schedules import SPACINGS
 
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run folder (its latest checkpoint) or a "
@@ -23,6 +23,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=float, help="stochasticity for samplers with an eta (DDIM: 0 = deterministic)")
     p.add_argument("--spacing", choices=SPACINGS, help="which timesteps the steps visit (default: the run's "
                                                        "sample.spacing, else the sampler's own)")
+    p.add_argument("--sigma-schedule", choices=SIGMA_SCHEDULES,
+                   help="noise levels of dpm++2m, dpm++2m-sde and heun: the chain's timesteps (default) or karras "
+                        "(EDM's rho=7 grid up to sigma 80)")
     p.add_argument("--seed", type=int, help="sample i uses seed * 2**20 + i (default: the run's sample.seed)")
     p.add_argument("-n", type=int, help="number of images (default: the run's sample.n)")
     p.add_argument("--batch-size", type=int, help="images per forward pass")
@@ -38,8 +41,37 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-clip", action="store_true", help="do not clamp predicted x_0 to [-1, 1]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile (inductor): the first batch pays the compile time "
+                        "(reported; inductor caches it on disk for later runs); eager with a message if compiling "
+                        "fails, changes the output or is not faster")
     add_guidance_arguments(p)
     add_conditioning_arguments(p)
+
+
+def solver_options(args, sc) -> dict:
+    """Sampler options from flags that only some samplers take (--sigma-schedule)."""
+    import inspect
+
+    from ..samplers import get_sampler
+
+    if args.sigma_schedule is None:
+        return {}
+    if "sigma_schedule" not in inspect.signature(get_sampler(sc.sampler)).parameters:
+        raise UsageError(f"--sigma-schedule: the {sc.sampler} sampler has no noise-level grid to choose "
+                         "(use dpm++2m, dpm++2m-sde or heun)")
+    return {"sigma_schedule": args.sigma_schedule}
+
+
+def compiled_run(args, run):
+    """``run`` with its network behind torch.compile when --compile is given (messages go to the user)."""
+    import dataclasses
+
+    if not args.compile:
+        return run
+    from ..compile import compile_model
+
+    return dataclasses.replace(run, model=compile_model(run.model, log=lambda msg: say(f"--compile: {msg}")))
 
 
 def run_sample(args) -> int:
@@ -71,11 +103,14 @@ def run_sample(args) -> int:
         raise UsageError(str(e)) from None
     m = cfg.model
     check_conditioning_arguments(args, run)
+    options = solver_options(args, sc)
+    run = compiled_run(args, run)
     guided = guided_from_args(args, run, sc, device)
     run_dir = run.checkpoint.parent.parent if run.checkpoint.parent.name == "checkpoints" else run.checkpoint
-    out = Path(args.out) if args.out else run_dir / "samples" / f"{sc.sampler}-{sc.steps}steps-seed{sc.seed}.png"
+    grid = f"-{args.sigma_schedule}" if args.sigma_schedule else ""
+    out = Path(args.out) if args.out else run_dir / "samples" / f"{sc.sampler}{grid}-{sc.steps}steps-seed{sc.seed}.png"
     if run.conditioning is not None:   # latent, text or super-resolution run
-        return run_conditioned_sample(args, run, sc, guided, device, out)
+        return run_conditioned_sample(args, run, sc, guided, device, out, options)
     per_row = 8 if args.grid_by_class and args.n is None else sc.n   # --grid-by-class: -n is the columns
     conditions = sample_conditions(args, guided, m.num_classes, per_row)
 
@@ -84,5 +119,5 @@ def run_sample(args) -> int:
         + (f"; guidance: {guided.description}" if guided is not None else ""))
     t0 = time.perf_counter()
     drawn = draw(run, sc, conditions, guided=guided, device=device, return_trajectory=bool(args.gif),
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, sampler_options=options)
     return write_outputs(args, drawn, out, t0)

@@ -39,8 +39,9 @@ def check_conditioning_arguments(args, run) -> None:
         raise UsageError("--class-label / --grid-by-class: this model takes no class labels")
 
 
-def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
-    """Sample a run with a RunConditioning: decode latents, feed prompts or low-resolution inputs."""
+def run_conditioned_sample(args, run, sc, guided, device, out: Path, sampler_options: dict | None = None) -> int:
+    """Sample a run with a RunConditioning: decode latents, feed prompts or low-resolution inputs;
+    ``sampler_options`` go to the sampler (e.g. the --sigma-schedule)."""
     from ..data.transforms import low_res_condition
     from ..eval import psnr
     from ..generate import draw, load_test_images, low_res_conditions, prompt_conditions
@@ -70,7 +71,7 @@ def run_conditioned_sample(args, run, sc, guided, device, out: Path) -> int:
     t0 = time.perf_counter()
     try:
         drawn = draw(run, sc, conditions, guided=guided, device=device, return_trajectory=bool(args.gif),
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, sampler_options=sampler_options)
     except ValueError as e:
         raise UsageError(str(e)) from None
     extra = []

@@ -134,6 +134,8 @@ class TrainConfig(TrainSettings):
     eval_split: str = "test"
     eval_max_share: float = 0.2
     eval_cache_dir: str | None = None
+    compile: bool = False              # the training forward through torch.compile (inductor; difflab.compile:
+    #                                    a compile failure falls back to eager with a message)
 
     def __post_init__(self):
         super().__post_init__()

@@ -3,13 +3,15 @@
 from .base import CountingModel, SampleOutput
 from .ddim import ddim_invert, ddim_sample, ddim_step
 from .ddpm import ddpm_sample, ddpm_step
-from .dpm_solver import dpm_solver_pp_sample
+from .dpm_solver import dpm_solver_pp_sample, dpm_solver_pp_sde_sample
 from .heun import heun_sample
+from .sigmas import SIGMA_SCHEDULES, karras_sigmas, karras_timesteps
 
 SAMPLERS = {
     "ddpm": ddpm_sample,
     "ddim": ddim_sample,
     "dpm++2m": dpm_solver_pp_sample,
+    "dpm++2m-sde": dpm_solver_pp_sde_sample,
     "heun": heun_sample,
 }
 
@@ -22,4 +24,5 @@ def get_sampler(name: str):
 
 
 __all__ = ["SAMPLERS", "get_sampler", "SampleOutput", "CountingModel", "ddpm_sample", "ddpm_step",
-           "ddim_sample", "ddim_step", "ddim_invert", "dpm_solver_pp_sample", "heun_sample"]
+           "ddim_sample", "ddim_step", "ddim_invert", "dpm_solver_pp_sample", "dpm_solver_pp_sde_sample",
+           "heun_sample", "SIGMA_SCHEDULES", "karras_sigmas", "karras_timesteps"]

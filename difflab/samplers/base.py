@@ -10,6 +10,11 @@ Every sampler has the signature::
 steps (None = the full chain); ``generator`` is a torch.Generator, a list of them (one
 per sample: results then do not depend on the batch size) or None; ``callback(i, t,
 x_t, pred_x0)`` is called after every step.
+
+NFE (``SampleOutput.nfe``) counts network evaluations per sample the usual way: a model
+function that evaluates the network k times per call says so with an attribute
+``nfe_per_call = k`` (classifier-free guidance sets 2: the conditional and the unconditional
+branch, even though both go through the network in one batch); a plain model counts 1.
 """
 
 from __future__ import annotations
@@ -35,15 +40,29 @@ class SampleOutput:
     pred_x0s: list[torch.Tensor] | None = None
 
 
+def evaluations_per_call(model) -> int:
+    """Network evaluations per sample in one call of ``model`` (its ``nfe_per_call``, default 1)."""
+    k = getattr(model, "nfe_per_call", 1)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"a model function's nfe_per_call must be a positive int, got {k!r}")
+    return k
+
+
 class CountingModel:
-    """Wraps a model function and counts its calls (network function evaluations)."""
+    """Wraps a model function and counts its network function evaluations (NFE) per sample:
+    ``calls`` times the model's :func:`evaluations_per_call`."""
 
     def __init__(self, model):
         self.model = model
-        self.nfe = 0
+        self.per_call = evaluations_per_call(model)
+        self.calls = 0
+
+    @property
+    def nfe(self) -> int:
+        return self.calls * self.per_call
 
     def __call__(self, *args, **kwargs):
-        self.nfe += 1
+        self.calls += 1
         return self.model(*args, **kwargs)
 
 

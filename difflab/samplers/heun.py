@@ -44,23 +44,8 @@ import numpy as np
 import torch
 
 from .base import CountingModel, Recorder, SampleOutput, check_x_T
-
-SIGMA_SCHEDULES = ("timesteps", "karras")
-
-
-def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
-    """EDM eq. 5: n noise levels from sigma_max down to sigma_min, denser near sigma_min."""
-    ramp = np.linspace(0.0, 1.0, n)
-    min_inv, max_inv = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (max_inv + ramp * (min_inv - max_inv)) ** rho
-
-
-def sigma_to_timestep(sigma: np.ndarray, diffusion) -> np.ndarray:
-    """Fractional training timestep of each sigma: linear in log sigma between the chain's steps."""
-    abar = diffusion.terms.alphas_cumprod
-    log_sigmas = 0.5 * np.log((1 - abar) / abar)  # increasing with the index
-    return np.interp(np.log(sigma), log_sigmas, diffusion.timestep_map.astype(np.float64))
-
+from .sigmas import (KARRAS_RHO, KARRAS_SIGMA_MAX, chain_sigmas, check_sigma_schedule, check_step_count,
+                     karras_range, karras_sigmas, sigma_to_timestep)
 
 def _schedule(diffusion, steps, spacing, sigma_schedule, rho, sigma_max=None):
     """(sigmas, model timesteps), both from the noisiest level down; sigmas has a final 0 appended."""
@@ -71,21 +56,16 @@ def _schedule(diffusion, steps, spacing, sigma_schedule, rho, sigma_max=None):
         timesteps = [int(t) for t in chain.timestep_map[::-1]]
         if sigma_max is not None and sigmas[0] > sigma_max:
             # start from the noisiest level of the chain with sigma <= sigma_max instead
-            all_sigmas = np.sqrt((1 - diffusion.terms.alphas_cumprod) / diffusion.terms.alphas_cumprod)
+            all_sigmas = chain_sigmas(diffusion)
             j = int(np.searchsorted(all_sigmas, sigma_max, side="right")) - 1
             if j >= 0 and (len(sigmas) == 1 or all_sigmas[j] > sigmas[1]):
                 sigmas[0], timesteps[0] = all_sigmas[j], int(diffusion.timestep_map[j])
             elif len(sigmas) > 1:
                 sigmas, timesteps = sigmas[1:], timesteps[1:]
     else:
-        if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= diffusion.num_timesteps:
-            raise ValueError(f"sigma_schedule='karras' needs steps as a count in [1, {diffusion.num_timesteps}], "
-                             f"got {steps!r}")
+        steps = check_step_count(steps, diffusion)
         diffusion.respaced(None, spacing)  # validates the spacing name, though it does not apply here
-        abar = diffusion.terms.alphas_cumprod
-        sigma_min, top = math.sqrt((1 - abar[0]) / abar[0]), math.sqrt((1 - abar[-1]) / abar[-1])
-        top = top if sigma_max is None else min(top, sigma_max)
-        sigmas = karras_sigmas(sigma_min, top, int(steps), rho)
+        sigmas = karras_sigmas(*karras_range(diffusion, sigma_max), steps, rho)
         timesteps = [float(t) for t in sigma_to_timestep(sigmas, diffusion)]
     return np.append(sigmas, 0.0), timesteps
 
@@ -110,8 +90,8 @@ def _denoise(counted, diffusion, x, sigma: float, t, model_kwargs, clip_denoised
 @torch.no_grad()
 def heun_sample(model, diffusion, x_T: torch.Tensor, *, steps=10, spacing: str = "trailing", generator=None,
                 model_kwargs=None, clip_denoised: bool = False, callback=None, progress: bool = False,
-                return_trajectory: bool = False, sigma_schedule: str = "timesteps", rho: float = 7.0,
-                denoised_fn=None, sigma_max: float | None = 80.0) -> SampleOutput:
+                return_trajectory: bool = False, sigma_schedule: str = "timesteps", rho: float = KARRAS_RHO,
+                denoised_fn=None, sigma_max: float | None = KARRAS_SIGMA_MAX) -> SampleOutput:
     """EDM Heun sampling over ``steps`` noise levels (2 * steps - 1 network evaluations).
 
     ``x_T`` is VP starting noise, as for every difflab sampler (x = x_T * sqrt(1 + sigma_max^2)
@@ -126,12 +106,7 @@ def heun_sample(model, diffusion, x_T: torch.Tensor, *, steps=10, spacing: str =
     where the signal is 1/80 of the sample.
     """
     check_x_T(x_T)
-    if sigma_max is not None and not sigma_max > 0:
-        raise ValueError(f"sigma_max must be > 0 or None, got {sigma_max}")
-    if sigma_schedule not in SIGMA_SCHEDULES:
-        raise ValueError(f"unknown sigma_schedule {sigma_schedule!r}; allowed: {', '.join(SIGMA_SCHEDULES)}")
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho}")
+    check_sigma_schedule(sigma_schedule, rho, sigma_max)
     sigmas, timesteps = _schedule(diffusion, steps, spacing, sigma_schedule, rho, sigma_max)
     counted = CountingModel(model)
     n = len(timesteps)

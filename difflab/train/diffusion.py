@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from ..compile import compile_model
 from ..conditioning import RunConditioning, conditioning_needed
 from ..config import ConfigError, RunConfig
 from ..data.transforms import random_hflip, uint8_to_float
@@ -148,6 +149,8 @@ class DiffusionTask(Task):
         model = (model if self.conditioning is None else self.conditioning.network(model)).to(env.device)
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
         self.model = model
+        # train.compile: the same parameters behind torch.compile; checkpoints and EMA still read `model`
+        self.forward = compile_model(model, log=env.log) if tc.compile else model
         return Networks(model, {"optimizer": opt})
 
     def describe(self, nparams: int, step: int) -> str:
@@ -169,7 +172,7 @@ class DiffusionTask(Task):
 
     def step(self, b: Batch, step: int) -> Iterator[Update]:
         kwargs = {**({} if b.y is None else {"y": b.y}), **(b.model_kwargs or {})}
-        losses = self.diffusion.training_losses(self.model, b.x_0, b.t, noise=b.noise, model_kwargs=kwargs)["loss"]
+        losses = self.diffusion.training_losses(self.forward, b.x_0, b.t, noise=b.noise, model_kwargs=kwargs)["loss"]
         if self.t_sampler is not None:
             # iDDPM sec. 3.3: every process records the whole batch's losses, so samplers stay identical
             self.t_sampler.update(b.t_global, torch.cat(D.gather_tensors(losses.detach().float(), self.env.info)).cpu())

@@ -22,7 +22,7 @@ from diffusers import DPMSolverMultistepScheduler, HeunDiscreteScheduler
 from difflab.diffusion import GaussianDiffusion
 from difflab.exact import GaussianMixture
 from difflab.samplers import ddim_sample, dpm_solver_pp_sample, heun_sample
-from difflab.samplers.heun import karras_sigmas, sigma_to_timestep
+from difflab.samplers.sigmas import karras_sigmas, sigma_to_timestep
 from difflab.schedules import make_betas
 
 D64 = torch.float64

@@ -2,7 +2,8 @@
 
 Shapes, determinism, batch-size independence with per-sample generators, no mutation of
 inputs, trajectory / callback bookkeeping, honest NFE counts, and ValueError on bad input.
-Parametrized over the registry, so a newly registered sampler is checked automatically.
+Parametrized over the registry, so a newly registered sampler is checked automatically, and
+over the Karras grid of every sampler that offers ``sigma_schedule``.
 """
 
 import inspect
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from difflab.diffusion import GaussianDiffusion
+from difflab.guidance import classifier_free, null_label
 from difflab.rng import per_sample_generators
 from difflab.samplers import SAMPLERS, get_sampler
 from difflab.schedules import make_betas
@@ -20,10 +22,14 @@ T = 100
 STEPS = 5
 # options that make each sampler exercise its randomness, where it has any
 OPTIONS = {"ddim": {"eta": 1.0}}
-STOCHASTIC = {"ddpm", "ddim"}
+STOCHASTIC = {"ddpm", "ddim", "dpm++2m-sde"}
 # network evaluations for STEPS steps: one per step, except Heun's 2 per step less the final Euler step
 EXPECTED_NFE = {"heun": 2 * STEPS - 1}
 NAMES = sorted(SAMPLERS)
+# every sampler, and every sampler with a sigma_schedule on the Karras grid: case -> (name, options)
+CASES = {**{n: (n, {}) for n in NAMES},
+         **{f"{n}[karras]": (n, {"sigma_schedule": "karras"}) for n in NAMES
+            if "sigma_schedule" in inspect.signature(SAMPLERS[n]).parameters}}
 
 
 class CountingClassModel:
@@ -50,12 +56,13 @@ def _x_T(n=4, seed=0, dtype=D64):
     return torch.randn(n, 2, 3, 3, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def _run(name, diffusion, x_T, model=None, **kwargs):
+def _run(case, diffusion, x_T, model=None, **kwargs):
+    name, options = CASES[case]
     model = model if model is not None else CountingClassModel()
-    return get_sampler(name)(model, diffusion, x_T, steps=STEPS, **{**OPTIONS.get(name, {}), **kwargs})
+    return get_sampler(name)(model, diffusion, x_T, steps=STEPS, **{**OPTIONS.get(name, {}), **options, **kwargs})
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, D64])
 def test_output_shape_and_dtype(name, diffusion, dtype):
     x_T = _x_T(dtype=dtype)
@@ -65,20 +72,20 @@ def test_output_shape_and_dtype(name, diffusion, dtype):
     assert len(out.timesteps) == STEPS
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_deterministic_for_a_fixed_generator(name, diffusion):
     x_T = _x_T()
     a = _run(name, diffusion, x_T, generator=torch.Generator().manual_seed(3)).sample
     b = _run(name, diffusion, x_T, generator=torch.Generator().manual_seed(3)).sample
     assert torch.equal(a, b)
     c = _run(name, diffusion, x_T, generator=torch.Generator().manual_seed(4)).sample
-    if name in STOCHASTIC:
+    if CASES[name][0] in STOCHASTIC:
         assert (a - c).abs().max() > 1e-3  # the generator really drives the noise
     else:
         assert torch.equal(a, c)  # deterministic solvers ignore it
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_batch_of_n_equals_n_singles(name, diffusion):
     seeds = [10, 11, 12]
     x_T = _x_T(n=3)
@@ -90,7 +97,7 @@ def test_batch_of_n_equals_n_singles(name, diffusion):
         torch.testing.assert_close(batch[i:i + 1], single, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_inputs_are_not_mutated(name, diffusion):
     x_T = _x_T()
     y = torch.tensor([0, 1, 2, 3])
@@ -104,7 +111,7 @@ def test_inputs_are_not_mutated(name, diffusion):
     assert out.sample.data_ptr() != x_T.data_ptr()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_trajectory_and_callback(name, diffusion):
     x_T = _x_T()
     calls = []
@@ -123,21 +130,32 @@ def test_trajectory_and_callback(name, diffusion):
     assert torch.equal(plain.sample, out.sample)  # recording does not change the result
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_nfe_counts_real_model_calls(name, diffusion):
     model = CountingClassModel()
     out = _run(name, diffusion, _x_T(), model=model, generator=torch.Generator().manual_seed(0))
-    assert out.nfe == model.calls == EXPECTED_NFE.get(name, STEPS)
+    assert out.nfe == model.calls == EXPECTED_NFE.get(CASES[name][0], STEPS)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
+def test_nfe_counts_both_halves_of_classifier_free_guidance(name, diffusion):
+    """The usual convention: a guided step is two network evaluations, though both halves share a batch."""
+    model = CountingClassModel()
+    guided = classifier_free(model, 0.5, uncond=null_label(3))
+    out = _run(name, diffusion, _x_T(), model=guided, generator=torch.Generator().manual_seed(0),
+               model_kwargs={"y": torch.tensor([0, 1, 2, 0])})
+    assert out.nfe == 2 * model.calls == 2 * EXPECTED_NFE.get(CASES[name][0], STEPS)
+
+
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("bad", [
     dict(steps=0), dict(steps=-3), dict(steps=T + 1), dict(spacing="bogus"), dict(steps=None, spacing="bogus"),
 ])
 def test_bad_inputs_raise_value_error(name, diffusion, bad):
-    kwargs = {"steps": STEPS, **bad}
+    sampler, options = CASES[name]
+    kwargs = {"steps": STEPS, **options, **bad}
     with pytest.raises(ValueError):
-        get_sampler(name)(CountingClassModel(), diffusion, _x_T(), **kwargs)
+        get_sampler(sampler)(CountingClassModel(), diffusion, _x_T(), **kwargs)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if "eta" in inspect.signature(SAMPLERS[n]).parameters])
@@ -174,5 +192,13 @@ def test_fast_samplers_reject_unsupported_options(diffusion):
         get_sampler("dpm++2m")(CountingClassModel(), diffusion, _x_T(), steps=STEPS, order=3)
     with pytest.raises(ValueError, match="sigma_schedule"):
         get_sampler("heun")(CountingClassModel(), diffusion, _x_T(), steps=STEPS, sigma_schedule="cosine")
-    with pytest.raises(ValueError, match="karras"):
-        get_sampler("heun")(CountingClassModel(), diffusion, _x_T(), steps=[1, 5], sigma_schedule="karras")
+    for name in ("heun", "dpm++2m", "dpm++2m-sde"):
+        with pytest.raises(ValueError, match="karras"):
+            get_sampler(name)(CountingClassModel(), diffusion, _x_T(), steps=[1, 5], sigma_schedule="karras")
+        with pytest.raises(ValueError, match="sigma_schedule"):
+            get_sampler(name)(CountingClassModel(), diffusion, _x_T(), steps=STEPS, sigma_schedule="Karras")
+        with pytest.raises(ValueError, match="rho"):
+            get_sampler(name)(CountingClassModel(), diffusion, _x_T(), steps=STEPS, sigma_schedule="karras", rho=0)
+        with pytest.raises(ValueError, match="sigma_max"):
+            get_sampler(name)(CountingClassModel(), diffusion, _x_T(), steps=STEPS, sigma_schedule="karras",
+                              sigma_max=-1.0)

@@ -267,3 +267,30 @@ def test_a_time_budget_ends_the_cosine_decay_at_the_budget(tmp_path, monkeypatch
     lrs = [r["lr"] for r in read_metrics(tmp_path / "run") if "lr" in r]
     # step k starts after k seconds of training: lr = 0.5 (1 + cos(pi k / 6))
     assert lrs == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_train_compile_uses_the_same_parameters_and_falls_back_on_failure(tmp_path, monkeypatch, works):
+    """train.compile wraps the training forward (difflab.compile); the stand-in "compiler" here returns the
+    module itself (or a function that fails), so the weights must equal an eager run's bit for bit and the
+    checkpoint keys stay the module's own. A real inductor compile is tested in tests/test_compile.py."""
+    cfg = tiny("train.steps=3", "sample.n=2", "sample.steps=2")
+    train(cfg, tmp_path / "eager", **QUIET)
+
+    def fake_compile(module, **options):
+        if works:
+            return module
+
+        def fail(*args, **kwargs):
+            raise RuntimeError("inductor is unavailable")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    logs = []
+    train(resolve_config(base=cfg, overrides=["train.compile=true"]), tmp_path / "compiled", progress=False,
+          log=logs.append)
+    expected = "compiled with torch.compile (inductor)" if works else \
+        "torch.compile (inductor) failed (RuntimeError: inductor is unavailable); running eager"
+    assert any(expected in line for line in logs), logs
+    for name in ("model", "ema"):
+        assert_same_weights(weights(tmp_path / "eager", 3, name), weights(tmp_path / "compiled", 3, name))

@@ -1,0 +1,216 @@
+"""Eager against torch.compile (TorchInductor): training and sampling throughput of difflab's U-Net.
+
+Run:  .venv/bin/python benchmarks/compile_throughput.py --threads 1            (mnist-fast, mnist, cifar10)
+      .venv/bin/python benchmarks/compile_throughput.py --presets mnist-fast --repeats 3 --no-write
+
+For each run preset (its U-Net config, random weights, seed 0) one module is timed two ways in one
+process: eager, and behind ``difflab.compile.compile_model`` (the same parameters). First the
+compile itself: the first training step (forward and backward graphs) and the first sampling
+forward are timed on their own, with TorchInductor's cache hits and misses. Then alternating
+repeats (the order swapped every repeat, so a disturbance on the shared machine hits both alike),
+medians:
+
+* training step: forward, the loss of the preset's diffusion (``GaussianDiffusion.training_losses``
+  with its prediction target and loss weighting), backward, AdamW step -> images/s;
+* sampling: one network evaluation under ``torch.no_grad`` in eval mode -> images/s per network
+  evaluation (a sample at N NFE costs N of them; a classifier-free guided step is 2 images' worth).
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the eager module; "% of peak" is
+the achieved FLOP rate over the best fp32 matmul rate measured in the same run (before, after, and
+once in every repeat, so that a matmul measured while another job held the core does not set the
+peak).
+The 1-minute load average is recorded beside the figures: above the thread count the machine was
+shared and the figures are disturbed. Writes the "## Compiled vs eager" section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+
+import torch
+
+from _common import RESULTS, matmul_peak, timed, write_section  # noqa: E402  (puts the repository on sys.path)
+
+from difflab.compile import compile_model  # noqa: E402
+from difflab.config import RUN_PRESETS  # noqa: E402
+from difflab.nn import UNet  # noqa: E402
+
+SECTION = "## Compiled vs eager (torch.compile)"
+PRESETS = ("mnist-fast", "mnist", "cifar10")
+BATCH = {"mnist-fast": 64, "mnist": 64, "cifar10": 32}   # images per step / per network evaluation
+REPEATS = {"mnist-fast": 7, "mnist": 7, "cifar10": 3}
+
+
+class Bench:
+    """One preset's module, its batch and its training step, eager or through a compiled function."""
+
+    def __init__(self, preset: str, batch: int):
+        cfg = RUN_PRESETS[preset]
+        self.preset, self.batch, self.cfg = preset, batch, cfg.model
+        torch.manual_seed(0)
+        self.module = UNet(cfg.model)
+        self.diffusion = cfg.diffusion.build()
+        self.opt = torch.optim.AdamW(self.module.parameters(), lr=1e-4)
+        g = torch.Generator().manual_seed(1)
+        m = cfg.model
+        self.x = torch.randn(batch, m.in_channels, m.image_size, m.image_size, generator=g)
+        self.t = torch.randint(0, self.diffusion.num_timesteps, (batch,), generator=g)
+        self.noise = torch.randn(self.x.shape, generator=g)
+        self.kwargs = {} if m.num_classes is None else {"y": torch.randint(0, m.num_classes, (batch,), generator=g)}
+        self.params = sum(p.numel() for p in self.module.parameters())
+
+    def train_step(self, fn) -> None:
+        self.module.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.diffusion.training_losses(fn, self.x, self.t, noise=self.noise, model_kwargs=self.kwargs)["loss"]
+        loss.mean().backward()
+        self.opt.step()
+
+    @torch.no_grad()
+    def forward(self, fn):
+        self.module.eval()
+        return fn(self.x, self.t, **self.kwargs)
+
+    def flops(self, backward: bool) -> int:
+        """FLOPs of one eager forward (no_grad) or training forward + backward (dropout off)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self.module.eval()
+        with FlopCounterMode(display=False) as fc:
+            if backward:
+                self.module(self.x, self.t, **self.kwargs).square().mean().backward()
+            else:
+                with torch.no_grad():
+                    self.module(self.x, self.t, **self.kwargs)
+        self.module.zero_grad(set_to_none=True)
+        return fc.get_total_flops()
+
+
+def run_preset(preset: str, batch: int, repeats: int) -> dict:
+    b = Bench(preset, batch)
+    fl_fwd, fl_train = b.flops(backward=False), b.flops(backward=True)
+    print(f"[{preset}] {b.params:,} parameters, batch {batch}; forward {fl_fwd / batch / 1e9:.2f} GFLOP/image, "
+          f"train step {fl_train / batch / 1e9:.2f} GFLOP/image", flush=True)
+    # compile: the first training step compiles the forward and backward graphs (no output check under
+    # autograd), the first no_grad eval forward the inference graph (checked against eager; no speed probe:
+    # the repeats below measure speed). Two wrappers of the one module: the parameters are shared.
+    messages = []
+    log = lambda msg: messages.append(msg)  # noqa: E731
+    cm_train, cm_infer = compile_model(b.module, log=log), compile_model(b.module, probe_calls=0, log=log)
+    b.train_step(b.module)                 # eager warm-up (oneDNN primitive caches)
+    compile_train_s = timed(lambda: b.train_step(cm_train))
+    b.forward(b.module)
+    compile_infer_s = timed(lambda: b.forward(cm_infer))
+    ok = cm_train.report.status == "compiled" and cm_infer.report.status == "compiled"
+    print(f"[{preset}] compile: first training step {compile_train_s:.1f} s, first sampling forward "
+          f"{compile_infer_s:.1f} s; " + " | ".join(messages), flush=True)
+    cache = [(r.cache_hits or 0, r.cache_misses or 0) for r in (cm_train.report, cm_infer.report)]
+    fns = {"eager": b.module, "compiled": (cm_train, cm_infer) if ok else None}
+    train = {k: [] for k in fns}
+    infer = {k: [] for k in fns}
+    loads, peaks = [os.getloadavg()[0]], []
+    order = list(fns)
+    for r in range(repeats):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            if fns[k] is None:
+                continue
+            f_train, f_infer = (fns[k], fns[k]) if k == "eager" else fns[k]
+            train[k].append(batch / timed(lambda: b.train_step(f_train)))
+            infer[k].append(batch / timed(lambda: b.forward(f_infer)))
+        peaks.append(matmul_peak(repeats=3)[0])
+        loads.append(os.getloadavg()[0])
+        print(f"[{preset}] repeat {r + 1}/{repeats}: " + ", ".join(
+            f"{k} train {train[k][-1]:.1f} img/s sample {infer[k][-1]:.1f} img/s" for k in fns if train[k]),
+            flush=True)
+    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+    return dict(preset=preset, batch=batch, params=b.params, fl_fwd=fl_fwd, fl_train=fl_train, repeats=repeats,
+                compile_train_s=compile_train_s, compile_infer_s=compile_infer_s, ok=ok,
+                max_diff=cm_infer.report.max_abs_diff, cache=cache, messages=messages,
+                train={k: med(v) for k, v in train.items()},
+                infer={k: med(v) for k, v in infer.items()}, load=(min(loads), statistics.median(loads), max(loads)),
+                peaks=peaks)
+
+
+def break_even_minutes(compile_s: float, eager: float, compiled: float) -> float:
+    """Minutes of eager training after which the compiled run (compile time + faster steps) has caught up:
+    C + N / c = N / e  =>  N / e = C / (1 - e / c)."""
+    if not compiled > eager:
+        return float("inf")
+    return compile_s / (1 - eager / compiled) / 60
+
+
+def render(results: list[dict], peak: tuple[float, float], threads: int, command: str, note: str) -> str:
+    lines = [SECTION, "", f"Command: `{command}`", "",
+             f"CPU, {threads} torch thread(s), torch {torch.__version__}. One module per preset (random weights, "
+             "seed 0), timed eager and behind `difflab.compile.compile_model` (TorchInductor, the same parameters), "
+             "alternating repeats, medians. Training: forward, the preset's diffusion loss, backward, AdamW. "
+             "Sampling: one network evaluation (no_grad, eval mode) per image; a sample at N NFE costs N of them. "
+             f"fp32 matmul peak measured in the same run: best {peak[0]:.0f} GFLOP/s (median {peak[1]:.0f}); "
+             "% of peak = achieved FLOP/s (FlopCounterMode) / best matmul GFLOP/s. Compile: the first training "
+             "step (forward + backward graphs) and the first sampling forward, timed on their own.", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["| preset | batch | params | train img/s eager | compiled | ratio | train % peak eager / compiled "
+              "| sample img/s eager | compiled | ratio | sample % peak eager / compiled | compile s (train / sample) "
+              "| break-even (train min) | load avg (min-max) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        te, tc = r["train"]["eager"], r["train"]["compiled"]
+        ie, ic = r["infer"]["eager"], r["infer"]["compiled"]
+        pct = lambda fl, rate: 100 * fl / r["batch"] * rate / 1e9 / peak[0]  # noqa: E731
+        be = break_even_minutes(r["compile_train_s"], te, tc)
+        lines.append(f"| {r['preset']} | {r['batch']} | {r['params']:,} | {te:.1f} | {tc:.1f} | **{tc / te:.2f}x** | "
+                     f"{pct(r['fl_train'], te):.0f}% / {pct(r['fl_train'], tc):.0f}% | {ie:.1f} | {ic:.1f} | "
+                     f"**{ic / ie:.2f}x** | {pct(r['fl_fwd'], ie):.0f}% / {pct(r['fl_fwd'], ic):.0f}% | "
+                     f"{r['compile_train_s']:.0f} / {r['compile_infer_s']:.0f} | "
+                     f"{'never' if be == float('inf') else f'{be:.1f}'} | {r['load'][0]:.1f}-{r['load'][2]:.1f} |")
+    lines.append("")
+    for r in results:
+        (hit_t, miss_t), (hit_i, miss_i) = r["cache"]
+        diff = "n/a" if r["max_diff"] is None else f"{r['max_diff']:.1e}"
+        lines.append(f"- `{r['preset']}`: forward {r['fl_fwd'] / r['batch'] / 1e9:.2f} GFLOP/image, training step "
+                     f"{r['fl_train'] / r['batch'] / 1e9:.2f} GFLOP/image; {r['repeats']} repeats; compiled sampling "
+                     f"output vs eager: max |diff| {diff}; inductor cache hits / misses: training compile "
+                     f"{hit_t} / {miss_t}, sampling compile {hit_i} / {miss_i}"
+                     + ("" if r["ok"] else "; COMPILE FELL BACK TO EAGER: " + " | ".join(r["messages"])) + ".")
+    lines += ["", "Break-even: the eager training time after which a compiled run, having paid its compile time, "
+              "has done as many steps (compile s / (1 - eager / compiled rate)); a 25-minute budget gains from "
+              "compiling only when this is well below 25."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", default=",".join(PRESETS), help=f"comma-separated, from {', '.join(PRESETS)}")
+    ap.add_argument("--repeats", type=int, default=None, help="alternating repeats per preset (default: 7, cifar10 3)")
+    ap.add_argument("--batch", type=int, default=None, help="images per step (default: 64, cifar10 32)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--note", default="", help="a sentence written above the table (e.g. the machine's state)")
+    ap.add_argument("--no-write", action="store_true", help="print the table, do not touch RESULTS.md")
+    args = ap.parse_args()
+    presets = [p for p in args.presets.split(",") if p]
+    bad = [p for p in presets if p not in PRESETS]
+    if bad:
+        sys.exit(f"error: unknown presets {bad}; choose from {', '.join(PRESETS)}")
+    if args.repeats is not None and args.repeats < 1:
+        sys.exit("error: --repeats must be >= 1")
+    torch.set_num_threads(args.threads)
+    peak_before = matmul_peak()
+    results = [run_preset(p, args.batch or BATCH[p], args.repeats or REPEATS[p]) for p in presets]
+    peak_after = matmul_peak()
+    during = [p for r in results for p in r["peaks"]]
+    peak = (max([peak_before[0], peak_after[0], *during]), statistics.median([peak_before[1], peak_after[1], *during]))
+    command = "python " + shlex.join(["benchmarks/compile_throughput.py"] + sys.argv[1:])
+    text = render(results, peak, args.threads, command, args.note)
+    print(text)
+    if not args.no_write:
+        write_section(RESULTS, SECTION, text)
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
