@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import schedules as S
-from .losses import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .losses import CDFS, LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 
 PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
@@ -187,6 +187,13 @@ class GaussianDiffusion:
         return (self.extract("sqrt_alphas_cumprod", t, x_0) * x_0
                 + self.extract("sqrt_one_minus_alphas_cumprod", t, x_0) * noise)
 
+    def q_step(self, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One step of the forward chain, x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)
+        (DDPM eq. 2); ``t`` steps applied one by one give the marginal that :meth:`q_sample` draws."""
+        self.check_t(t, x_prev)
+        return (torch.sqrt(self.extract("alphas", t, x_prev)) * x_prev
+                + torch.sqrt(self.extract("betas", t, x_prev)) * noise)
+
     def q_posterior_mean_variance(self, x_0, x_t, t):
         """q(x_{t-1} | x_t, x_0) = N(mu-tilde_t, beta-tilde_t I)  (DDPM eqs. 6-7)."""
         if x_0.shape != x_t.shape:
@@ -327,18 +334,21 @@ class GaussianDiffusion:
                 "pred_x0": pred_x0, "eps": eps, "model_output": model_output}
 
     # ------------------------------------------------------------------ variational bound
-    def vb_term(self, model, x_0, x_t, t, *, clip_denoised=False, model_kwargs=None, model_output=None):
+    def vb_term(self, model, x_0, x_t, t, *, clip_denoised=False, model_kwargs=None, model_output=None,
+                cdf: str = "exact"):
         """One term of the bound, in bits/dim, per example (DDPM eq. 5).
 
         L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) for t > 0 and
-        L_0 = -log p(x_0 | x_1) with the discretized Gaussian decoder at t = 0.
+        L_0 = -log p(x_0 | x_1) with the discretized Gaussian decoder at t = 0, whose normal
+        CDF is ``cdf``: "exact" (erf) or "approx" (the tanh form of the DDPM / iDDPM code).
         """
+        _choice("cdf", cdf, CDFS)
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x_0, x_t, t)
         out = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
                                    model_output=model_output)
         kl = mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / LOG2
-        decoder_nll = -mean_flat(discretized_gaussian_log_likelihood(
-            x_0, out["mean"], 0.5 * out["log_variance"])) / LOG2
+        decoder_nll = -mean_flat(discretized_gaussian_log_likelihood(   # DDPM eq. 13, log-scale = log sigma
+            x_0, out["mean"], 0.5 * out["log_variance"], exact_cdf=cdf == "exact")) / LOG2
         return torch.where(t == 0, decoder_nll, kl), out
 
     def prior_bpd(self, x_0: torch.Tensor) -> torch.Tensor:
@@ -404,16 +414,20 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def bits_per_dim(self, model: ModelFn, x_0: torch.Tensor, *, clip_denoised: bool = False,
-                     model_kwargs: dict | None = None, generator=None, progress: bool = False) -> dict[str, Any]:
+                     model_kwargs: dict | None = None, generator=None, progress: bool = False,
+                     cdf: str = "exact") -> dict[str, Any]:
         """The full variational bound L_T + sum_{t>1} L_{t-1} + L_0 in bits/dim, per example.
 
-        Every one of the T terms is evaluated (one model call per timestep for the batch).
+        Every one of the T terms is evaluated (one model call per timestep for the batch), with
+        the noise of term t drawn from ``generator`` in the order t = T-1, ..., 0; ``cdf`` is the
+        normal CDF of the decoder L_0 (see :meth:`vb_term`).
         Returns total_bpd [B], prior_bpd [B], vb [B, T] (the terms, index t = L_t) and
         mse [B, T] (eps-prediction error per timestep).
         """
         from .rng import randn
         from tqdm.auto import tqdm
 
+        _choice("cdf", cdf, CDFS)
         B = x_0.shape[0]
         vb = torch.zeros(B, self.num_timesteps, dtype=torch.float64, device=x_0.device)
         mse = torch.zeros_like(vb)
@@ -421,7 +435,8 @@ class GaussianDiffusion:
             t = torch.full((B,), i, dtype=torch.long, device=x_0.device)
             noise = randn(x_0.shape, generator, device=x_0.device, dtype=x_0.dtype)
             x_t = self.q_sample(x_0, t, noise)
-            term, out = self.vb_term(model, x_0, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+            term, out = self.vb_term(model, x_0, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
+                                     cdf=cdf)
             vb[:, i] = term.double()
             mse[:, i] = mean_flat((out["eps"] - noise) ** 2).double()
         prior = self.prior_bpd(x_0).double()

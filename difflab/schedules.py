@@ -145,6 +145,26 @@ def schedule_terms(betas: Sequence[float] | np.ndarray) -> ScheduleTerms:
     )
 
 
+def eps_bound_weights(terms: ScheduleTerms, variance: str = "fixed_small") -> np.ndarray:
+    """DDPM eq. 12: the weight lambda_t with which the bound term is the eps-prediction error,
+
+        L_{t-1} = lambda_t ||eps - eps_theta(x_t, t)||^2 + C_t,
+        lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha-bar_t))      (nats per dimension),
+
+    for a fixed reverse variance sigma_t^2 (beta-tilde_t for ``fixed_small``, where C_t = 0;
+    beta_t for ``fixed_large``, where C_t is the KL between the two variances). L_simple sets
+    every lambda_t to 1. Index 0 is the decoder term L_0, which is not a KL: its entry uses
+    the clipped variance of the code and only tells the scale.
+    """
+    if variance == "fixed_small":
+        log_var = terms.posterior_log_variance_clipped
+    elif variance == "fixed_large":
+        log_var = terms.log_fixed_large_variance
+    else:
+        raise ValueError(f"eps_bound_weights needs a fixed variance: 'fixed_small' or 'fixed_large', got {variance!r}")
+    return terms.betas**2 / (2.0 * np.exp(log_var) * terms.alphas * (1.0 - terms.alphas_cumprod))
+
+
 def space_timesteps(num_timesteps: int, steps: int | Sequence[int] | str, spacing: str = "linspace") -> list[int]:
     """Choose a sub-sequence of the T timesteps (0-based, increasing) to sample on.
 

@@ -15,6 +15,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch is pinned to the CPU build this machine ships; an unpinned torch would pull CUDA.
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[dev,text,ui]"
+  .venv/bin/python -m pip install -q -e ".[dev,text,ui,tensorboard,docs]"
   echo "$want" > "$stamp"
 fi

@@ -265,6 +265,17 @@ def test_eval_nll_writes_json_and_plot(runs, tmp_path, capsys):
     # the same images and noise: L_0 at t = 0 differs only through the clamp, and so does the total
     assert clipped["bpd"] != doc["bpd"] and math.isfinite(clipped["bpd"])
     assert clipped["prior_bpd"] == doc["prior_bpd"]
+    # --cdf approx: the tanh CDF of the DDPM / improved-diffusion code changes L_0 and nothing else
+    assert doc["cdf"] == clipped["cdf"] == "exact" and "exact normal CDF in L_0" in out     # the default
+    code, out, err = run_cli(capsys, "eval", "nll", "--checkpoint", runs["cond"], "--dataset", "digits", "-n", 2,
+                             "--batch-size", 2, "--out", tmp_path / "approx", "--no-progress", "--cdf", "approx")
+    assert code == 0, err
+    approx = json.loads((tmp_path / "approx" / "nll.json").read_text())
+    assert approx["cdf"] == "approx" and "approx normal CDF in L_0" in out
+    assert approx["terms_bpd"][1:] == doc["terms_bpd"][1:] and approx["prior_bpd"] == doc["prior_bpd"]
+    assert approx["decoder_bpd"] != doc["decoder_bpd"] and approx["decoder_bpd"] == approx["terms_bpd"][0]
+    code, _, err = run_cli(capsys, "eval", "nll", "--checkpoint", runs["cond"], "--cdf", "erf")
+    assert code == 2 and "invalid choice: 'erf'" in err
 
 
 def test_a_large_last_term_of_the_unclipped_bound_gets_a_note():

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from _linear_gaussian import discretized_log_likelihood, gaussian_kl, linear_abar
+
 from difflab.diffusion import DiffusionConfig, GaussianDiffusion
-from difflab.losses import discretized_gaussian_log_likelihood, normal_kl
+from difflab.losses import LOG2, discretized_gaussian_log_likelihood, normal_kl
 from difflab.schedules import make_betas
 
 D64 = torch.float64
@@ -184,6 +186,115 @@ def test_min_snr_weights():
     assert float(w[1]) == pytest.approx(1.0)                             # low SNR: weight 1
 
 
+@pytest.mark.parametrize("gamma", [0.5, 5.0, 20.0])
+def test_min_snr_loss_is_min_snr_gamma_times_the_x0_error_for_every_target(gamma):
+    """Hang et al. 2023: min-SNR-gamma weighting makes the loss min(SNR_t, gamma) |x_0 - pred_x0|^2
+    whatever the network predicts. For fixed x_t, |eps - eps^|^2 = SNR |x_0 - x_0^|^2 and
+    |v - v^|^2 = (SNR + 1) |x_0 - x_0^|^2, hence the weights min(SNR, g) / SNR (eps),
+    min(SNR, g) / (SNR + 1) (v) and min(SNR, g) (x0). Checked at all 1000 timesteps (SNR from 4e-5
+    to 1e4, so gamma clips some and not others), with pred_x0 and SNR from the paper's formulas.
+    Float64 throughout: the largest rounding, dividing by sqrt(abar_999) ~ 6e-3, is ~1e-14 relative."""
+    abar = torch.from_numpy(linear_abar(1000))[:, None]
+    snr = abar / (1 - abar)
+    t = torch.arange(1000)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, err = (torch.randn(1000, 3, generator=g, dtype=D64) for _ in range(3))
+    x_t = torch.sqrt(abar) * x0 + torch.sqrt(1 - abar) * noise                       # DDPM eq. 4
+    targets = {"eps": noise, "x0": x0, "v": torch.sqrt(abar) * noise - torch.sqrt(1 - abar) * x0}
+    for pred, target in targets.items():
+        out = target + 0.1 * err
+        pred_x0 = {"eps": (x_t - torch.sqrt(1 - abar) * out) / torch.sqrt(abar), "x0": out,
+                   "v": torch.sqrt(abar) * x_t - torch.sqrt(1 - abar) * out}[pred]
+        expected = torch.clamp(snr, max=gamma)[:, 0] * ((pred_x0 - x0) ** 2).mean(1)
+        d = diff(prediction=pred, loss_weighting="min_snr", min_snr_gamma=gamma)
+        loss = d.training_losses(lambda x, tt: out, x0, t, noise=noise)["loss"]
+        torch.testing.assert_close(loss, expected, rtol=1e-10, atol=0, msg=pred)
+
+
+def test_prior_term_is_its_closed_form_when_abar_T_is_not_small():
+    """L_T = KL(q(x_T | x_0) || N(0, I)) (DDPM eq. 5), per dimension
+    1/2 (-1 - log(1 - a) + (1 - a) + a x_0^2) with a = abar_T. On 100 linear steps abar_T = 0.37, so
+    the prior is ~0.1 bits/dim, not the ~1e-9 of a 1000-step chain, and its direction matters."""
+    d = GaussianDiffusion(make_betas("linear", 100))
+    a = float(linear_abar(100)[-1])
+    assert 0.3 < a < 0.4
+    x0 = torch.rand(5, 1, 3, 3, generator=torch.Generator().manual_seed(1), dtype=D64) * 2 - 1
+    per_dim = 0.5 * (-1 - math.log(1 - a) + (1 - a) + a * x0**2)
+    expected = per_dim.mean(dim=(1, 2, 3)) / math.log(2)
+    assert float(expected.min()) > 0.05
+    torch.testing.assert_close(d.prior_bpd(x0), expected, rtol=1e-12, atol=0)
+
+
+def _vb_case(variance, cdf="exact"):
+    """vb_term on a batch with t = 0 (the decoder) and t > 0 (KL terms), and the same terms written
+    from the papers: DDPM eqs. 4, 5, 7 and 13, iDDPM eq. 15 for the learned range."""
+    T = 1000
+    abar = linear_abar(T)
+    abar_prev = np.append(1.0, abar[:-1])
+    betas = 1 - abar / abar_prev
+    tilde = betas * (1 - abar_prev) / (1 - abar)
+    log_tilde = np.log(np.append(tilde[1], tilde[1:]))       # beta-tilde_1 = 0: the first step uses beta-tilde_2
+    g = torch.Generator().manual_seed(2)
+    t = torch.tensor([0, 0, 1, 10, 500, 999])
+    x0 = torch.randint(0, 256, (6, 1, 4, 4), generator=g).to(D64) / 127.5 - 1
+    x0[:, 0, 0, :2] = torch.tensor([-1.0, 1.0], dtype=D64)     # the edge bins too
+    noise, eps_out, raw_var = (torch.randn(6, 1, 4, 4, generator=g, dtype=D64) for _ in range(3))
+    raw_var = torch.tanh(raw_var)
+    a = torch.from_numpy(abar)[t].reshape(-1, 1, 1, 1)
+    x_t = torch.sqrt(a) * x0 + torch.sqrt(1 - a) * noise
+    d = diff(variance=variance)
+    model_out = eps_out if variance == "fixed_large" else torch.cat([eps_out, raw_var], 1)
+    got, _ = d.vb_term(lambda x, tt: model_out, x0, x_t, t, cdf=cdf)
+    expected = []
+    for k, i in enumerate(t.tolist()):
+        xk, xtk = x0[k].numpy(), x_t[k].numpy()
+        pred_x0 = (xtk - math.sqrt(1 - abar[i]) * eps_out[k].numpy()) / math.sqrt(abar[i])
+        coef1, coef2 = (math.sqrt(abar_prev[i]) * betas[i] / (1 - abar[i]),
+                        math.sqrt(1 - betas[i]) * (1 - abar_prev[i]) / (1 - abar[i]))
+        if variance == "fixed_large":
+            log_var = np.full_like(xk, log_tilde[0] if i == 0 else math.log(betas[i]))
+        else:
+            frac = (raw_var[k].numpy() + 1) / 2
+            log_var = frac * math.log(betas[i]) + (1 - frac) * log_tilde[i]
+        mean = coef1 * pred_x0 + coef2 * xtk
+        if i == 0:
+            nats = -discretized_log_likelihood(xk, mean, 0.5 * log_var, cdf)
+        else:
+            nats = gaussian_kl(coef1 * xk + coef2 * xtk, tilde[i], mean, np.exp(log_var))
+        expected.append(nats.mean() / math.log(2))
+    return got, torch.tensor(expected, dtype=D64)
+
+
+@pytest.mark.parametrize("variance", ["fixed_large", "learned_range"])
+def test_vb_terms_are_the_gaussian_kl_and_the_discretized_decoder(variance):
+    """L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) in that direction, with model variance
+    different from beta-tilde (so a reversed KL differs), and L_0 with log-scale log sigma = log
+    sigma^2 / 2. Float64, values of ~1e-3 to 10 bits: 1e-9 relative is rounding with a wide margin."""
+    got, expected = _vb_case(variance)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=0)
+
+
+def test_approx_cdf_decoder_is_the_ddpm_tanh_decoder():
+    """cdf="approx" is the decoder of the DDPM / improved-diffusion code: the tanh approximation
+    1/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) of the normal CDF, written independently in
+    tests/_linear_gaussian.py after improved-diffusion's discretized_gaussian_log_likelihood."""
+    got, expected = _vb_case("fixed_large", cdf="approx")
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=0)
+    exact, _ = _vb_case("fixed_large")
+    assert torch.all((got[:2] - exact[:2]).abs() > 1e-6 * exact[:2])    # the two t = 0 rows: the decoder
+    torch.testing.assert_close(got[2:], exact[2:], rtol=0, atol=0)       # the KL terms use no CDF
+    # the whole bound: only L_0 changes
+    d = GaussianDiffusion(make_betas("linear", 10))
+    x0 = torch.randint(0, 256, (3, 4), generator=torch.Generator().manual_seed(3)).to(D64) / 127.5 - 1
+    model = lambda x, tt: torch.tanh(x)
+    a = d.bits_per_dim(model, x0, generator=torch.Generator().manual_seed(4))
+    b = d.bits_per_dim(model, x0, generator=torch.Generator().manual_seed(4), cdf="approx")
+    torch.testing.assert_close(a["vb"][:, 1:], b["vb"][:, 1:], rtol=0, atol=0)
+    assert not torch.equal(a["vb"][:, 0], b["vb"][:, 0])
+    with pytest.raises(ValueError, match="unknown cdf 'erf'; allowed: exact, approx"):
+        d.bits_per_dim(model, x0, cdf="erf")
+
+
 def test_config_build_and_validation():
     d = DiffusionConfig(schedule="cosine", num_timesteps=100, prediction="v").build()
     assert d.num_timesteps == 100 and d.prediction == "v"
@@ -214,3 +325,48 @@ def test_model_output_shape_mismatch():
     with pytest.raises(ValueError, match="6 channels"):
         d.with_options(variance="learned").p_mean_variance(lambda x, t: x, torch.zeros(2, 3, 4, 4),
                                                            torch.tensor([1, 2]))
+
+
+def test_q_step_chain_gives_the_closed_form_marginal():
+    d = diff()
+    x0 = torch.randn(3, 2, dtype=D64)
+    # without noise, t steps scale x_0 by prod sqrt(alpha_s) = sqrt(abar_t)
+    x = x0
+    for i in range(400):
+        x = d.q_step(x, torch.full((3,), i), torch.zeros_like(x))
+    torch.testing.assert_close(x, math.sqrt(d.terms.alphas_cumprod[399]) * x0, rtol=1e-12, atol=0)
+    # with noise, the chain's x_t has the mean and variance of q(x_t | x_0) (DDPM eq. 4)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.full((20000, 1), -0.8, dtype=D64)
+    x = x0
+    for i in range(300):
+        x = d.q_step(x, torch.full((20000,), i), torch.randn(20000, 1, generator=g, dtype=D64))
+    mean, var, _ = d.q_mean_variance(x0[:1], torch.tensor([299]))
+    assert float(x.mean()) == pytest.approx(float(mean), abs=0.02)
+    assert float(x.var()) == pytest.approx(float(var), rel=0.03)
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_bound_term_is_the_eps_error_weighted_by_eq12(variance):
+    from difflab.losses import LOG2
+    from difflab.schedules import eps_bound_weights
+
+    d = diff(variance=variance)
+    lam = eps_bound_weights(d.terms, variance)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 5, generator=g, dtype=D64) * 2 - 1
+    eps = torch.randn(6, 5, generator=g, dtype=D64)
+    t = torch.tensor([1, 2, 50, 300, 700, 999])
+    x_t = d.q_sample(x0, t, eps)
+    terms = []
+    for scale in (0.0, 0.1, 0.3):
+        err = scale * torch.randn(6, 5, generator=g, dtype=D64)
+        vb, _ = d.vb_term(None, x0, x_t, t, model_output=eps + err)
+        terms.append(vb - torch.as_tensor(lam[t.numpy()]) * (err**2).mean(1) / LOG2)
+    # what remains after removing lambda_t ||eps - eps_theta||^2 does not depend on the error
+    torch.testing.assert_close(terms[1], terms[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(terms[2], terms[0], rtol=1e-9, atol=1e-12)
+    if variance == "fixed_small":   # and is zero when sigma_t^2 is the posterior's variance
+        torch.testing.assert_close(terms[0], torch.zeros(6, dtype=D64), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="fixed variance"):
+        eps_bound_weights(d.terms, "learned")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from difflab.data.toy import mixture_params
@@ -6,6 +7,7 @@ from difflab.exact import GaussianMixture
 from difflab.toy import run_toy, sample_toy_model, train_toy
 
 
+@pytest.mark.slow
 def test_toy_model_learns_gaussian_mixture():
     res = train_toy("gaussian_mixture", steps=800, batch_size=256, lr=3e-3,
                     diffusion=DiffusionConfig(schedule="cosine", num_timesteps=200, prediction="v"))
@@ -47,3 +49,41 @@ def test_toy_cli(tmp_path, capsys):
     assert "samples.png" in out and (tmp_path / "samples.png").is_file()
     assert main(["toy", "--steps", "0", "--out", str(tmp_path)]) == 2
     assert "difflab: error:" in capsys.readouterr().err
+
+
+def test_conditional_toy_mlp_and_noisy_classifier():
+    import pytest
+
+    from difflab.nn.mlp import ToyMLP, ToyMLPConfig
+    from difflab.toy import train_denoiser, train_noisy_classifier
+
+    w, m, c = mixture_params("gaussian_mixture")
+    gm = GaussianMixture(m.numpy(), c.numpy(), w.numpy())
+
+    def draw(n, gen):
+        x, y = gm.sample(n, gen)
+        return x.float(), y
+
+    diffusion = DiffusionConfig(schedule="cosine", num_timesteps=200, prediction="v").build()
+    torch.manual_seed(0)
+    net = ToyMLP(ToyMLPConfig(num_classes=3))
+    assert net.null_class == 3
+    with pytest.raises(ValueError, match="needs labels"):
+        net(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long))
+    losses = train_denoiser(net, diffusion, draw, steps=300, batch_size=256, class_dropout=0.2)
+    assert sum(losses[-30:]) < sum(losses[:30])
+    # a label-conditioned sample lands in its own component
+    for k in range(3):
+        s = sample_toy_model(net, diffusion, 300, steps=20, model_kwargs={"y": torch.full((300,), k)}).sample
+        owner = gm.class_log_prob(s.double(), torch.ones(300, dtype=torch.float64)).argmax(1)
+        assert (owner == k).float().mean() > 0.8, k
+
+    clf = ToyMLP(ToyMLPConfig(out_dim=3))
+    train_noisy_classifier(clf, diffusion, draw, steps=200, batch_size=256)
+    x0, y = draw(1000, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        acc_clean = (clf(x0, torch.zeros(1000, dtype=torch.long)).argmax(1) == y).float().mean()
+        acc_noise = (clf(torch.randn(1000, 2), torch.full((1000,), 199)).argmax(1) == y).float().mean()
+    assert acc_clean > 0.9 and acc_noise < 0.5
+    with pytest.raises(ValueError, match="needs labels"):
+        train_noisy_classifier(clf, diffusion, lambda n, g: (draw(n, g)[0], None), steps=1)

@@ -86,24 +86,84 @@ def _png_size(p):
         return im.size
 
 
-def test_plots_write_pngs(tmp_path):
+@pytest.fixture
+def figures(monkeypatch):
+    """Every matplotlib figure saved during the test, so its axes can be inspected (the PNG is
+    still written by the real savefig)."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    real = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        saved.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def _legend(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_plot_losses_draws_raw_and_smoothed_curves_on_the_right_scale(tmp_path, figures):
     steps = np.arange(200)
     losses = 1.0 / (1 + steps) + 0.01
     p = viz.plot_losses(steps, losses, tmp_path / "plots" / "loss.png", smooth=0.8)
     assert _png_size(p) == (6 * viz.PLOT_DPI, 4 * viz.PLOT_DPI)
-    viz.plot_losses(steps, {"train": losses, "val": losses - 0.5}, tmp_path / "neg.png")  # non-positive -> linear
-    pts = torch.randn(300, 2)
+    ax = figures[-1].axes[0]
+    raw, smoothed = ax.get_lines()
+    np.testing.assert_array_equal(raw.get_ydata(), losses)
+    np.testing.assert_allclose(smoothed.get_ydata(), viz.ema_smooth(losses, 0.8))
+    assert raw.get_alpha() < 1 and smoothed.get_linewidth() > raw.get_linewidth()   # raw faint, EMA bold
+    assert ax.get_yscale() == "log" and ax.get_xlabel() == "step" and _legend(ax) == ["loss (EMA 0.8)"]
+    # a non-positive series makes the axis linear; one colour per series
+    viz.plot_losses(steps, {"train": losses, "val": losses - 0.5}, tmp_path / "neg.png")
+    ax = figures[-1].axes[0]
+    assert ax.get_yscale() == "linear" and _legend(ax) == ["train (EMA 0.9)", "val (EMA 0.9)"]
+    colours = [line.get_color() for line in ax.get_lines()]
+    assert colours[0] == colours[1] != colours[2] == colours[3]
+
+
+def test_2d_plots_show_the_given_points(tmp_path, figures):
+    pts = torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
     assert _png_size(viz.scatter_2d(pts, pts + 1, tmp_path / "s.png", lim=4)) == (600, 600)
+    ax = figures[-1].axes[0]
+    data, samples = ax.collections
+    np.testing.assert_allclose(data.get_offsets(), (pts + 1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(samples.get_offsets(), pts.numpy(), rtol=1e-6)
+    assert ax.get_xlim() == (-4, 4) and ax.get_ylim() == (-4, 4) and _legend(ax) == ["data", "samples"]
     traj = [pts * (1 - k / 10) for k in range(11)]
     assert _png_size(viz.plot_trajectories_2d(traj, tmp_path / "t.png", max_paths=50)) == (600, 600)
+    ax = figures[-1].axes[0]
+    paths = ax.get_lines()
+    assert len(paths) == 50                                           # max_paths of the 300
+    np.testing.assert_allclose(paths[7].get_xydata(), np.stack([t[7].numpy() for t in traj]), rtol=1e-6)
+    start, end = ax.collections
+    np.testing.assert_allclose(start.get_offsets(), traj[0][:50].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(end.get_offsets(), traj[-1][:50].numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\[N, 2\]"):
+        viz.scatter_2d(torch.randn(5, 3), None, tmp_path / "bad.png")
+
+
+def test_curves_and_bars_plot_the_given_values(tmp_path, figures):
     p = viz.plot_curve([1, 10, 100], {"ours": [3, 2, 1], "peer": [4, 3, 2]}, tmp_path / "c.png",
                        xlabel="steps", ylabel="FID", logx=True)
     assert _png_size(p)[1] == 4 * viz.PLOT_DPI
-    assert _png_size(viz.plot_bars(["a", "b", "c"], {"x": [1, 2, 3], "y": [2, 1, 3]}, tmp_path / "b.png"))
+    ax = figures[-1].axes[0]
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [[3, 2, 1], [4, 3, 2]]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "linear" and _legend(ax) == ["ours", "peer"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("steps", "FID")
+    viz.plot_bars(["a", "b", "c"], {"x": [1, 2, 3], "y": [2, 1, 3]}, tmp_path / "b.png", logy=True)
+    ax = figures[-1].axes[0]
+    bars = ax.patches
+    assert [b.get_height() for b in bars] == [1, 2, 3, 2, 1, 3]
+    centres = [b.get_x() + b.get_width() / 2 for b in bars]
+    np.testing.assert_allclose(centres, [-0.2, 0.8, 1.8, 0.2, 1.2, 2.2])   # grouped side by side per label
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"] and ax.get_yscale() == "log"
     with pytest.raises(ValueError, match="values for 3 x positions"):
         viz.plot_curve([1, 2, 3], {"bad": [1, 2]}, tmp_path / "bad.png")
-    with pytest.raises(ValueError, match=r"\[N, 2\]"):
-        viz.scatter_2d(torch.randn(5, 3), None, tmp_path / "bad.png")
 
 
 def test_ema_smooth_is_debiased():
@@ -112,11 +172,19 @@ def test_ema_smooth_is_debiased():
     assert out[0] == 0.0 and np.isclose(out[1], (0.5 * 10) / (1 - 0.25))
 
 
-def test_forward_process_grid(tmp_path):
+def test_forward_process_grid(tmp_path, figures):
     x0 = _imgs(3, c=3)
     cols = [x0 * (1 - k / 4) for k in range(4)]
     p = viz.forward_process_grid(cols, [0, 100, 500, 999], tmp_path / "fwd" / "grid.png")
     w, h = _png_size(p)
     assert w > h  # 4 columns of t by 3 rows of images
+    cells = {(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start): ax for ax in figures[-1].axes}
+    assert sorted(cells) == [(i, j) for i in range(3) for j in range(4)]
+    assert [cells[0, j].get_title() for j in range(4)] == ["t=0", "t=100", "t=500", "t=999"]
+    assert cells[1, 0].get_title() == ""
+    # row i, column j shows image i of batch j as 8-bit RGB
+    shown = cells[2, 1].get_images()[0].get_array()
+    expected = torch.round((cols[1][2].clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
+    assert np.abs(np.asarray(shown, dtype=np.float64) - expected).max() <= 1
     with pytest.raises(ValueError, match="4 image batches for 3 timesteps"):
         viz.forward_process_grid(cols, [0, 1, 2], tmp_path / "bad.png")

@@ -70,6 +70,9 @@ def add_train_flags(p: argparse.ArgumentParser, kind: str, default_out: str) -> 
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (sets train.device)")
     p.add_argument("--seed", type=int, help="sets train.seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="TensorBoard event files in RUN_DIR/tensorboard (sets train.tensorboard; default auto: on "
+                        "when the tensorboard package is installed, pip install 'difflab[tensorboard]')")
 
 
 def train_config_from_args(args, kind: str, command: str, default_out: Path, extra: dict | None = None,
@@ -78,7 +81,8 @@ def train_config_from_args(args, kind: str, command: str, default_out: Path, ext
     --set, or with --resume the run's saved config (``conflicts``: more flags --resume refuses)."""
     extra = merge({}, extra or {})
     for section, key, value in (("data", "root", args.data_root), ("train", "steps", args.steps),
-                                ("train", "device", args.device), ("train", "seed", args.seed)):
+                                ("train", "device", args.device), ("train", "seed", args.seed),
+                                ("train", "tensorboard", args.tensorboard)):
         if value is not None:
             extra.setdefault(section, {})[key] = value
     if not args.resume:
@@ -94,6 +98,12 @@ def train_config_from_args(args, kind: str, command: str, default_out: Path, ext
     run_dir = Path(args.out) if args.out else ckpt.parent.parent
     cfg = config_from_args(args, extra, base=saved, kind=kind)
     return cfg, run_dir, True if args.resume is True else ckpt
+
+
+def report_tensorboard(result) -> None:
+    """The command that opens a run's TensorBoard event files, when it wrote some."""
+    if getattr(result, "tensorboard", None) is not None:
+        say(f"  {'dashboard:':12s}tensorboard --logdir {result.tensorboard.parent}")
 
 
 def format_duration(seconds: float) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from .common import PROG, UsageError, Parser, check_positive, say
+from .eval_featurizer import add_train_featurizer_parser
 from .sampling import add_guidance_arguments, guided_from_args, sample_conditions
 
 
@@ -23,6 +24,7 @@ def _add_eval_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from ..losses import CDFS
     from ..samplers import SAMPLERS
 
     sub = p.add_subparsers(dest="eval_command", metavar="METRIC", parser_class=Parser)
@@ -64,13 +66,17 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     nll.add_argument("--clip", action="store_true",
                      help="clamp predicted x_0 to [-1, 1] in every term: the bound of the model as it samples "
                           "with clipping (default: the unclipped model)")
+    nll.add_argument("--cdf", choices=CDFS, default="exact",
+                     help="normal CDF of the decoder L_0: exact (erf; default) or approx (the tanh approximation "
+                          "of the DDPM / improved-diffusion code, for figures comparable with theirs)")
     nll.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval)")
     nll.set_defaults(eval_run=run_eval_nll)
+    add_train_featurizer_parser(sub)
 
 
 def run_eval(args) -> int:
     if getattr(args, "eval_run", None) is None:
-        raise UsageError(f"choose a metric: fd, nll (see '{PROG} eval --help')")
+        raise UsageError(f"choose a metric: fd, nll, or train-featurizer (see '{PROG} eval --help')")
     return args.eval_run(args)
 
 
@@ -94,6 +100,8 @@ def _eval_featurizer(args, dataset: str, key: str, train_ds, device):
     from ..eval import (
         ClassifierFeaturizer,
         EvalClassifierConfig,
+        classifier_side,
+        default_classifier_epochs,
         default_classifier_path,
         load_eval_classifier,
         load_or_train_eval_classifier,
@@ -110,8 +118,8 @@ def _eval_featurizer(args, dataset: str, key: str, train_ds, device):
         ds = train_ds()
         if ds.labels is None:
             raise UsageError(f"{ds.name} has no labels to train the evaluation classifier; pass --featurizer-dir")
-        side = max(16, 4 * -(-max(ds.image_size) // 4))
-        epochs = args.eval_classifier_epochs or (30 if len(ds) < 5000 else 3)
+        side = classifier_side(max(ds.image_size))
+        epochs = args.eval_classifier_epochs or default_classifier_epochs(len(ds))
         if not (directory / "model.safetensors").is_file():
             say(f"training the evaluation classifier on {ds.name} {ds.split} ({len(ds)} images, {epochs} epochs); "
                  f"cached in {directory}")
@@ -122,6 +130,40 @@ def _eval_featurizer(args, dataset: str, key: str, train_ds, device):
             progress=not args.no_progress)
     digest = hashlib.sha1((directory / "model.safetensors").read_bytes()).hexdigest()[:8]
     return ClassifierFeaturizer(model, name=f"eval-classifier-{key}-{digest}"), directory
+
+
+def _run_heldout(args, run, shape, device):
+    """For a run trained on a folder with a held-out split (RUN_DIR/split.json) and no --dataset /
+    --data-root / --split / --featurizer-dir given: ``(held-out images, training images, featurizer,
+    its folder, cache key, "heldout")``, the featurizer being the folder's evaluation classifier trained
+    on the training side only (cached); None otherwise."""
+    from ..data import SPLIT_FILE, folder_split_root, load_dataset, read_split
+    from ..eval import folder_featurizer
+
+    if run is None or args.dataset or args.data_root or args.split != "test" or args.featurizer_dir:
+        return None
+    split_file = _run_dir_of(run.checkpoint) / SPLIT_FILE
+    d = run.config.data
+    if d.dataset != "folder" or not split_file.is_file():
+        return None
+    split = read_split(split_file)
+    labelled = all("/" in p for p in split.train + split.heldout)
+
+    def load(files):
+        return load_dataset("folder", root=d.root, split=d.split, files=files, labels_from_folders=labelled, **shape)
+
+    heldout, train = load(split.heldout), load(split.train)
+    say(f"reference: the run's {len(split.heldout)} held-out images ({split_file}); floor and featurizer from its "
+        f"{len(split.train)} training images")
+    if not labelled:
+        raise UsageError(f"{d.root} has no class sub-folders to train an evaluation classifier on: pass "
+                         "--featurizer-dir (or the FID Inception weights: see difflab.eval.plan_featurizer)")
+    ff = folder_featurizer(folder_split_root(d.root, d.split), split, image_size=shape["image_size"],
+                           channels=shape["channels"], cache_dir=args.cache_dir,
+                           epochs=args.eval_classifier_epochs, train_ds=train, heldout_ds=heldout, device=device,
+                           progress=not args.no_progress)
+    say(ff.describe())
+    return heldout, train, ff.featurizer, ff.directory, ff.key, "heldout"
 
 
 def _load_images_file(path: str):
@@ -194,19 +236,25 @@ def run_eval_fd(args) -> int:
     shape = {}
     if run is not None:
         shape = dict(image_size=run.config.model.image_size, channels=run.config.model.in_channels)
-    ref_ds = load_dataset(dataset, root=root, split=args.split, **shape)
-    train_cache = {}
+    heldout = _run_heldout(args, run, shape, device)
+    if heldout is not None:       # a folder run: its own held-out images, the featurizer of its training side
+        ref_ds, train_side, feat, feat_dir, key, split_name = heldout
+        train_ds = lambda: train_side   # noqa: E731
+    else:
+        split_name = args.split
+        ref_ds = load_dataset(dataset, root=root, split=args.split, **shape)
+        train_cache = {}
 
-    def train_ds():
-        if "ds" not in train_cache:
-            try:
-                train_cache["ds"] = load_dataset(dataset, root=root, split="train", **shape)
-            except ValueError:
-                train_cache["ds"] = None
-        return train_cache["ds"]
+        def train_ds():
+            if "ds" not in train_cache:
+                try:
+                    train_cache["ds"] = load_dataset(dataset, root=root, split="train", **shape)
+                except ValueError:
+                    train_cache["ds"] = None
+            return train_cache["ds"]
 
-    feat, feat_dir = _eval_featurizer(args, dataset, key, train_ds, device)
-    ref = load_or_compute_reference_stats(feat, ref_ds.to_float(), key, args.split, args.cache_dir,
+        feat, feat_dir = _eval_featurizer(args, dataset, key, train_ds, device)
+    ref = load_or_compute_reference_stats(feat, ref_ds.to_float(), key, split_name, args.cache_dir,
                                           progress=not args.no_progress)
     labels = None
     guidance = "none"
@@ -299,9 +347,11 @@ def run_eval_nll(args) -> int:
     T = run.diffusion.num_timesteps
     clip = "predicted x_0 clipped to [-1, 1]" if args.clip else "predicted x_0 not clipped"
     say(f"NLL of {args.n} {dataset} {args.split} images under {run.checkpoint} ({run.weights} weights, step "
-         f"{run.step}): full bound, {T} network evaluations per batch; conditioning: {conditioning}; {clip}")
+        f"{run.step}): full bound, {T} network evaluations per batch; conditioning: {conditioning}; {clip}; "
+        f"{args.cdf} normal CDF in L_0")
     res = evaluate_nll(run.model, run.diffusion, x.to(device), batch_size=args.batch_size or 64,
-                       model_kwargs_fn=kwargs_fn, seed=seed, clip_denoised=args.clip, progress=not args.no_progress)
+                       model_kwargs_fn=kwargs_fn, seed=seed, clip_denoised=args.clip, progress=not args.no_progress,
+                       cdf=args.cdf)
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {**res.to_dict(), "dataset": dataset, "split": args.split, "checkpoint": str(run.checkpoint),
            "step": run.step, "weights": run.weights, "num_timesteps": T, "conditioning": conditioning, "seed": seed,

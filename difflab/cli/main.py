@@ -18,6 +18,7 @@ from typing import Callable
 from ..config import ConfigError
 from .common import PROG, UsageError, Parser
 from .evaluate import add_eval_arguments, run_eval
+from .make_dataset import add_make_dataset_arguments, run_make_dataset
 from .interop import (add_export_diffusers_arguments, add_import_diffusers_arguments, run_export_diffusers,
                       run_import_diffusers)
 from .misc import (
@@ -53,13 +54,16 @@ COMMANDS: list[Command] = [
             add_train_classifier_arguments, run_train_classifier),
     Command("train-autoencoder", "train the KL autoencoder of latent diffusion (reports held-out PSNR)",
             add_train_autoencoder_arguments, run_train_autoencoder),
-    Command("eval", "evaluate a run: fd (Frechet distance, precision/recall, class accuracy), nll (bits/dim)",
+    Command("eval", "evaluate a run: fd (Frechet distance, precision/recall, class accuracy), nll (bits/dim); "
+                    "train-featurizer (the evaluation classifier of your own labelled images)",
             add_eval_arguments, run_eval),
     Command("show-forward", "show the forward (noising) process on real images", add_show_forward_arguments,
             run_show_forward),
     Command("config", "print the resolved run config (preset + file + overrides)", add_config_arguments, run_config),
     Command("toy", "train and sample a 2-D toy model in seconds (scatter, trajectory and loss plots)",
             add_toy_arguments, run_toy),
+    Command("make-dataset", "write a test dataset as a folder of PNG files (colored-mnist)",
+            add_make_dataset_arguments, run_make_dataset),
     Command("export-diffusers", "write a run as a diffusers pipeline folder (DDPMPipeline / DDIMPipeline)",
             add_export_diffusers_arguments, run_export_diffusers),
     Command("import-diffusers", "turn a diffusers UNet2DModel + scheduler folder into a difflab run",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..config import AutoencoderRunConfig
 from ..runs import AE_CONFIG_NAME
-from .common import PROG, add_train_flags, format_duration, report_interrupted, say, train_config_from_args
+from .common import (PROG, add_train_flags, format_duration, report_interrupted, report_tensorboard, say,
+                     train_config_from_args)
 
 
 def add_train_autoencoder_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,5 +41,6 @@ def run_train_autoencoder(args) -> int:
                         ("metrics", result.metrics), ("config", run_dir / AE_CONFIG_NAME)):
         if path is not None:
             say(f"  {label + ':':12s}{path}")
+    report_tensorboard(result)
     say(f"next: {PROG} train --preset mnist-latent-text --autoencoder {run_dir}")
     return 0

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..config import ClassifierRunConfig, classifier_layer_from_run
 from ..runs import CLASSIFIER_CONFIG_NAME, load_checkpoint_config, resolve_checkpoint
-from .common import PROG, add_train_flags, format_duration, report_interrupted, say, train_config_from_args
+from .common import (PROG, add_train_flags, format_duration, report_interrupted, report_tensorboard, say,
+                     train_config_from_args)
 
 
 def add_train_classifier_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,9 +36,11 @@ def run_train_classifier(args) -> int:
     if result.accuracy_md is not None:
         say(result.accuracy_md.read_text(encoding="utf-8").rstrip())
     for label, path in (("checkpoint", result.checkpoint), ("accuracy", result.accuracy_json),
-                        ("table", result.accuracy_md), ("loss curve", result.loss_plot), ("metrics", result.metrics),
+                        ("table", result.accuracy_md),
+                        ("chart", result.accuracy_png), ("loss curve", result.loss_plot), ("metrics", result.metrics),
                         ("config", run_dir / CLASSIFIER_CONFIG_NAME)):
         if path is not None:
             say(f"  {label + ':':12s}{path}")
+    report_tensorboard(result)
     say(f"next: {PROG} sample --checkpoint <diffusion run> --classifier {run_dir} --classifier-scale 1")
     return 0

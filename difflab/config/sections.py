@@ -40,6 +40,10 @@ class DataConfig:
     labels: bool = False             # train class-conditionally on the dataset's labels
     skip_corrupt: bool = False       # folder datasets: skip unreadable files (and list them)
     download: bool = False           # fetch missing files from the official mirrors
+    # folder datasets: hold out this share of the images (by a hash of each path, difflab.data.split_files),
+    # written to RUN_DIR/split.json and never trained on; 0 = train on every image
+    holdout_fraction: float = 0.0
+    holdout_seed: int = 0
 
     def __post_init__(self):
         require(bool(self.dataset), "data.dataset must be a dataset name (digits, mnist, fashion-mnist, "
@@ -48,6 +52,11 @@ class DataConfig:
         require(self.channels in (None, 1, 3), f"data.channels must be 1, 3 or null, got {self.channels}")
         require(self.dataset != "folder" or self.root is not None,
                 "data.dataset 'folder' needs data.root=<folder of images> (or --data-root)")
+        require(0.0 <= self.holdout_fraction < 1.0,
+                f"data.holdout_fraction must be in [0, 1) (0 = no held-out split), got {self.holdout_fraction}")
+        require(self.holdout_fraction == 0.0 or self.dataset == "folder",
+                f"data.holdout_fraction applies to folder datasets; {self.dataset} has its own test split")
+        require(self.holdout_seed >= 0, f"data.holdout_seed must be >= 0, got {self.holdout_seed}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,9 @@ class TrainSettings:
     # time of checkpoints and sample grids is not counted); 0 = no budget, train.steps still caps.
     max_minutes: float = 0.0
     checkpoint_every_minutes: float = 0.0   # also checkpoint every N minutes of training time (0 = off)
+    # TensorBoard event files in RUN_DIR/tensorboard (the optional extra: pip install 'difflab[tensorboard]'):
+    # auto = when the package is installed | true = required (an error names the install command) | false = none
+    tensorboard: bool | str = "auto"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -101,6 +113,8 @@ class TrainSettings:
                 f"train.lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
         require(self.mixed_precision in MIXED_PRECISION,
                 f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        require(isinstance(self.tensorboard, bool) or self.tensorboard == "auto",
+                f"train.tensorboard must be auto, true or false, got {self.tensorboard!r}")
         require(self.device.split(":")[0] in DEVICES,
                 f"train.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
@@ -111,11 +125,24 @@ class TrainConfig(TrainSettings):
 
     class_dropout: float = 0.1         # P(label -> null class), for classifier-free guidance
     timestep_sampling: str = "uniform"  # uniform | loss_aware (iDDPM sec. 3.3 importance sampling)
+    # Evaluation during training (difflab.train.evaluation): every eval_every_minutes of training time and at
+    # the end, FD and precision/recall of eval_n samples against the held-out images (data.holdout_fraction, or
+    # the dataset's eval_split), beside the floor; 0 = off. Evaluations wait so that they take at most
+    # eval_max_share of the training time; eval_cache_dir: featurizers (default ~/.cache/difflab).
+    eval_every_minutes: float = 0.0
+    eval_n: int = 500
+    eval_split: str = "test"
+    eval_max_share: float = 0.2
+    eval_cache_dir: str | None = None
     compile: bool = False              # the training forward through torch.compile (inductor; difflab.compile:
     #                                    a compile failure falls back to eager with a message)
 
     def __post_init__(self):
         super().__post_init__()
+        _check_eval(self)
+        require(self.eval_every_minutes >= 0 and math.isfinite(self.eval_every_minutes),
+                f"train.eval_every_minutes must be a finite number >= 0 (0 = off), got {self.eval_every_minutes}")
+        require(self.eval_max_share > 0, f"train.eval_max_share must be > 0, got {self.eval_max_share}")
         require(self.ema_decay is not None, "train.ema_decay=null: a diffusion run samples with its EMA weights; "
                                             "set a decay in [0, 1) (0 = the weights themselves)")
         require(0.0 <= self.class_dropout < 1.0, f"train.class_dropout must be in [0, 1), got {self.class_dropout}")
@@ -130,7 +157,8 @@ def _check_eval(cfg) -> None:
 
 @dataclass(frozen=True)
 class ClassifierTrainConfig(TrainSettings):
-    """Training the noise-aware classifier (guided diffusion: AdamW 3e-4, weight decay 0.05; no EMA by default)."""
+    """Training the noise-aware classifier (guided diffusion: AdamW 3e-4, weight decay 0.05; no EMA by default;
+    ``sample_every`` measures the held-out accuracy per noise level every N steps: metrics rows and a figure)."""
 
     steps: int = 2000
     lr: float = 3e-4
@@ -145,7 +173,6 @@ class ClassifierTrainConfig(TrainSettings):
     def __post_init__(self):
         super().__post_init__()
         _check_eval(self)
-        require(self.sample_every == 0, "train.sample_every: a classifier run draws no samples (set it to 0)")
 
 
 @dataclass(frozen=True)

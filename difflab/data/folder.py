@@ -17,6 +17,10 @@
   ``root`` is refused: an untrusted folder cannot make difflab read other files as captions.
 * Corrupt or unreadable images raise one ``ValueError`` listing them all, unless
   ``skip_corrupt=True``, which warns with the count and the names and leaves them out.
+* ``files=[...]`` loads only those images (paths relative to ``root``, as
+  :func:`list_image_files` gives them; e.g. one side of a held-out split). Class indices then
+  come from every class sub-folder of ``root``, so both sides of a split share them; pass
+  ``image_size`` and ``channels`` too, so that both sides get the same shape.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import os
 import warnings
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Collection
 
 import torch
 from PIL import Image
@@ -38,7 +43,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 CAPTION_FILES = ("captions.jsonl", "metadata.jsonl", "captions.csv")
 _PATH_KEYS = ("file", "file_name", "path", "image")
 _TEXT_KEYS = ("caption", "text")
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 _MAX_NAMES = 10
 
 
@@ -58,6 +63,23 @@ def _scan(root: Path) -> tuple[list[Path], list[Path]]:
             p = Path(dirpath) / fn
             (images if p.suffix.lower() in IMAGE_EXTENSIONS else others).append(p)
     return sorted(images, key=lambda p: p.relative_to(root).as_posix()), others
+
+
+def list_image_files(root: str | os.PathLike) -> list[str]:
+    """Paths (relative to ``root``, POSIX form, sorted) of the images :func:`load_image_folder` reads."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"image folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
+    return [p.relative_to(root).as_posix() for p in _scan(root)[0]]
+
+
+def _select(root: Path, files: list[Path], wanted: Collection[str]) -> list[Path]:
+    by_name = {p.relative_to(root).as_posix(): p for p in files}
+    missing = sorted(set(wanted) - set(by_name))
+    if missing:
+        raise ValueError(f"{len(missing)} listed image(s) are not under {root} (removed or renamed?): "
+                         f"{_names(missing)}")
+    return [by_name[name] for name in sorted(set(wanted))]
 
 
 def safe_relative_path(root: Path, rel: str, where: str) -> Path:
@@ -123,8 +145,9 @@ def _open_image(path: Path) -> Image.Image:
 def load_image_folder(root: str | os.PathLike, *, image_size: int | None = None, channels: int | None = None,
                       labels_from_folders: bool = False, captions: bool = True,
                       captions_file: str | os.PathLike | None = None, skip_corrupt: bool = False,
-                      hflip: bool = True, split: str = "train") -> ImageDataset:
-    """Load every image under ``root`` (see the module docstring for the rules)."""
+                      hflip: bool = True, split: str = "train",
+                      files: Collection[str] | None = None) -> ImageDataset:
+    """Load every image under ``root``, or only ``files`` (see the module docstring for the rules)."""
     check_image_size(image_size)
     check_channels(channels)
     root = Path(root)
@@ -132,7 +155,11 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int | None = None,
         raise ValueError(f"image folder {root} does not exist")
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder")
+    wanted = files
     files, others = _scan(root)
+    all_files = files
+    if wanted is not None:
+        files = _select(root, files, wanted)
 
     caption_map: dict[Path, str] = {}
     cap_path = Path(captions_file) if captions_file is not None else None
@@ -144,13 +171,13 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int | None = None,
         if not cap_path.is_file():
             raise ValueError(f"caption file {cap_path} does not exist")
         caption_map = read_captions_file(root, cap_path)
-        known = {p.resolve() for p in files}
+        known = {p.resolve() for p in all_files}
         missing = [str(p) for p in caption_map if p not in known]
         if missing:
             raise ValueError(f"caption file {cap_path} names {len(missing)} image(s) not found "
                              f"under {root}: {_names(missing)}")
 
-    sidecars = {p.with_suffix(".txt").resolve() for p in files} if captions else set()
+    sidecars = {p.with_suffix(".txt").resolve() for p in all_files} if captions else set()
     ignored = [p for p in others
                if p.resolve() not in sidecars and (cap_path is None or p.resolve() != cap_path.resolve())]
     if ignored:
@@ -177,7 +204,7 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int | None = None,
         raise ValueError(f"image folder {root} has no readable images")
 
     if channels is None:
-        channels = 1 if all(img.mode in _GRAY_MODES for _, img in loaded) else 3
+        channels = 1 if all(img.mode in GRAY_MODES for _, img in loaded) else 3
     if image_size is None:
         sizes = {img.size for _, img in loaded}
         if len(sizes) > 1:
@@ -194,7 +221,9 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int | None = None,
         if loose:
             raise ValueError(f"labels_from_folders=True needs every image inside a class sub-folder of "
                              f"{root}; these are not: {_names(loose)}")
-        class_names = sorted({parts[0] for parts in top})
+        # with a file list, every class folder of root counts, so both sides of a split agree
+        class_names = sorted({parts[0] for parts in top} if wanted is None else
+                             {p.relative_to(root).parts[0] for p in all_files if len(p.relative_to(root).parts) > 1})
         index = {c: i for i, c in enumerate(class_names)}
         labels = torch.tensor([index[parts[0]] for parts in top], dtype=torch.long)
 

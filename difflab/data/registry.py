@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from difflab.data.cifar import CIFAR10_CLASSES, load_cifar10_split
 from difflab.data.dataset import ImageDataset
@@ -61,6 +61,19 @@ DATASETS: dict[str, DatasetSpec] = {
 FOLDER = "folder"
 
 
+def folder_split_root(root: str | os.PathLike, split: str = "train") -> Path:
+    """The folder that holds ``split`` of a folder dataset: ``root/<split>`` when that sub-folder
+    exists, else ``root`` itself (which is then the ``train`` split; other splits are an error)."""
+    if not isinstance(split, str) or split in ("", ".", "..") or any(c in split for c in "/\\\0"):
+        raise ValueError(f"split must be a plain sub-folder name of {root} (e.g. 'train'), got {split!r}")
+    folder = Path(root)
+    if (folder / split).is_dir():
+        return folder / split
+    if split != "train":
+        raise ValueError(f"{root} has no {split!r} sub-folder; without one, the whole folder is the 'train' split")
+    return folder
+
+
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
     return sorted(DATASETS) + [FOLDER]
@@ -70,7 +83,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
                  image_size: int | None = None, channels: int | None = None, download: bool = False,
                  labels_from_folders: bool = False, skip_corrupt: bool = False, *,
                  verify_md5: bool = True, captions_file: str | os.PathLike | None = None,
-                 hflip: bool | None = None) -> ImageDataset:
+                 hflip: bool | None = None, files: Collection[str] | None = None) -> ImageDataset:
     """Load dataset ``name`` (see the module table) as an in-memory :class:`ImageDataset`.
 
     Args:
@@ -80,6 +93,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         channels: 1 (grayscale) or 3 (RGB); ``None`` keeps the source's channels.
         download: fetch missing files from the official mirrors (MD5-checked).
         labels_from_folders / skip_corrupt / captions_file: folder datasets only.
+        files: folder datasets only: load just these images (paths relative to the split's
+            folder, :func:`folder_split_root`), e.g. one side of a held-out split.
         verify_md5: check downloaded-format files against the official MD5s.
         hflip: override the dataset's default for random horizontal flips.
     """
@@ -88,23 +103,15 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     if name == FOLDER:
         if root is None:
             raise ValueError("load_dataset('folder') needs root=<folder of images>")
-        if not isinstance(split, str) or split in ("", ".", "..") or any(c in split for c in "/\\\0"):
-            raise ValueError(f"split must be a plain sub-folder name of {root} (e.g. 'train'), got {split!r}")
-        folder = Path(root)
-        if (folder / split).is_dir():
-            folder = folder / split
-        elif split != "train":
-            raise ValueError(f"{root} has no {split!r} sub-folder; without one, the whole folder "
-                             f"is the 'train' split")
-        return load_image_folder(folder, image_size=image_size, channels=channels,
+        return load_image_folder(folder_split_root(root, split), image_size=image_size, channels=channels,
                                  labels_from_folders=labels_from_folders, captions_file=captions_file,
                                  skip_corrupt=skip_corrupt, hflip=True if hflip is None else hflip,
-                                 split=split)
+                                 split=split, files=files)
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(list_datasets())} "
                          f"(use name='folder' with root=<path> for your own images)")
-    if labels_from_folders or captions_file is not None:
-        raise ValueError(f"labels_from_folders and captions_file apply to 'folder' datasets, not {name!r}")
+    if labels_from_folders or captions_file is not None or files is not None:
+        raise ValueError(f"labels_from_folders, captions_file and files apply to 'folder' datasets, not {name!r}")
     spec = DATASETS[name]
     root = Path(root) if root is not None else DEFAULT_ROOT / name
     images, labels = spec.load(root, split, download, verify_md5)

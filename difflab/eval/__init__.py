@@ -29,6 +29,14 @@ from difflab.eval.classifier import (
     train_eval_classifier,
 )
 from difflab.eval.featurizers import Featurizer, check_images, convert_channels
+from difflab.eval.folder_classifier import (
+    FolderFeaturizer,
+    classifier_featurizer,
+    classifier_side,
+    default_classifier_epochs,
+    featurizer_key,
+    folder_featurizer,
+)
 from difflab.eval.frechet import (
     FeatureStats,
     compute_stats,
@@ -44,6 +52,8 @@ from difflab.eval.inception import (
 )
 from difflab.eval.prdc import precision_recall
 from difflab.eval.reconstruction import psnr, reconstruction_quality
+from difflab.eval.reference import HeldoutReference, evaluate_against, format_result, prepare_reference
+from difflab.eval.select import FeaturizerPlan, default_inception_weights, open_featurizer, plan_featurizer
 
 
 def load_or_compute_reference_stats(
@@ -120,6 +130,20 @@ def evaluate_samples(
 
 
 __all__ = [
+    "FeaturizerPlan",
+    "FolderFeaturizer",
+    "HeldoutReference",
+    "classifier_featurizer",
+    "classifier_side",
+    "default_classifier_epochs",
+    "default_inception_weights",
+    "evaluate_against",
+    "featurizer_key",
+    "folder_featurizer",
+    "format_result",
+    "open_featurizer",
+    "plan_featurizer",
+    "prepare_reference",
     "psnr",
     "reconstruction_quality",
     "ClassifierFeaturizer",

@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from ..nn.unet import UNetConfig, level_resolutions
+from ..nn.levels import level_fractions, resolution_levels
+from ..nn.unet import UNetConfig
 
 _TIME_EMBED_MULT = 4             # both networks: time embedding width = 4 * conv_in width
 _DOWN_TYPES = ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D")
@@ -50,8 +51,8 @@ class InteropError(ValueError):
 
 # ----------------------------------------------------------------------------- configs
 def _attention_widths(cfg: UNetConfig) -> set[int]:
-    res = level_resolutions(cfg.image_size, len(cfg.channel_mult))
-    widths = {cfg.model_channels * m for m, r in zip(cfg.channel_mult, res) if r in cfg.attention_resolutions}
+    attn = resolution_levels(cfg.attention_resolutions, cfg.image_size, len(cfg.channel_mult))
+    widths = {cfg.model_channels * m for level, m in enumerate(cfg.channel_mult) if level in attn}
     if cfg.mid_attention:
         widths.add(cfg.model_channels * cfg.channel_mult[-1])
     return widths
@@ -78,8 +79,8 @@ def unet2d_config(cfg: UNetConfig, *, out_channels: int | None = None) -> dict[s
     if problems:
         raise InteropError("no diffusers UNet2DModel equivalent for model." + "; model.".join(problems))
     levels = len(cfg.channel_mult)
-    res = level_resolutions(cfg.image_size, levels)
-    attn = [r in cfg.attention_resolutions for r in res]
+    attn_levels = resolution_levels(cfg.attention_resolutions, cfg.image_size, levels)
+    attn = [level in attn_levels for level in range(levels)]
     if cfg.num_head_channels != -1:
         head_dim = cfg.num_head_channels
     elif cfg.num_heads == 1 or not widths:
@@ -215,7 +216,7 @@ def unet_config_from_unet2d(config: dict[str, Any], *, image_size: int | None = 
         size = image_size
     if size is None:
         raise _refuse("sample_size", None, "give the image size (--image-size)")
-    res = level_resolutions(int(size), levels)
+    fractions = level_fractions(levels)       # attention by fraction of the image size, as the presets place it
     num_class_embeds = c["num_class_embeds"]
     if num_class_embeds is not None and num_class_embeds < 2:
         raise _refuse("num_class_embeds", num_class_embeds, "difflab keeps the last class as the null class, so it "
@@ -229,7 +230,8 @@ def unet_config_from_unet2d(config: dict[str, Any], *, image_size: int | None = 
         return UNetConfig(
             image_size=int(size), in_channels=c["in_channels"], out_channels=c["out_channels"], model_channels=c0,
             channel_mult=tuple(ch // c0 for ch in channels), num_res_blocks=c["layers_per_block"],
-            attention_resolutions=tuple(r for r, a in zip(res, attn_down) if a), mid_attention=bool(c["add_attention"]),
+            attention_resolutions=tuple(fractions[i] for i, a in enumerate(attn_down) if a),
+            mid_attention=bool(c["add_attention"]),
             num_heads=1, num_head_channels=-1 if head_dim is None else int(head_dim), dropout=float(c["dropout"]),
             num_classes=None if num_class_embeds is None else num_class_embeds - 1,
             resblock_updown=levels > 1 and resnet_down,
@@ -250,7 +252,7 @@ def _module_pairs(cfg: UNetConfig) -> list[tuple[str, str, str]]:
     """``(difflab prefix, diffusers prefix, kind)`` for every module with weights; kind is
     "plain" (same parameter names), "resnet" or "attention"."""
     n, levels = cfg.num_res_blocks, len(cfg.channel_mult)
-    res = level_resolutions(cfg.image_size, levels)
+    attn_levels = resolution_levels(cfg.attention_resolutions, cfg.image_size, levels)
     pairs = [("time_embed.linear_1", "time_embedding.linear_1", "plain"),
              ("time_embed.linear_2", "time_embedding.linear_2", "plain"),
              ("input_blocks.0.0", "conv_in", "plain")]
@@ -260,7 +262,7 @@ def _module_pairs(cfg: UNetConfig) -> list[tuple[str, str, str]]:
         for i in range(n):
             ours = f"input_blocks.{1 + level * (n + 1) + i}"
             pairs.append((f"{ours}.0", f"down_blocks.{level}.resnets.{i}", "resnet"))
-            if res[level] in cfg.attention_resolutions:
+            if level in attn_levels:
                 pairs.append((f"{ours}.1", f"down_blocks.{level}.attentions.{i}", "attention"))
         if level != levels - 1:
             pairs.append(_resampler(f"input_blocks.{1 + level * (n + 1) + n}.0", f"down_blocks.{level}.downsamplers.0",
@@ -270,7 +272,7 @@ def _module_pairs(cfg: UNetConfig) -> list[tuple[str, str, str]]:
         pairs.append(("middle_block.1", "mid_block.attentions.0", "attention"))
     pairs.append((f"middle_block.{2 if cfg.mid_attention else 1}", "mid_block.resnets.1", "resnet"))
     for j in range(levels):                       # up block j works at level levels-1-j
-        has_attn = res[levels - 1 - j] in cfg.attention_resolutions
+        has_attn = levels - 1 - j in attn_levels
         for i in range(n + 1):
             ours = f"output_blocks.{j * (n + 1) + i}"
             pairs.append((f"{ours}.0", f"up_blocks.{j}.resnets.{i}", "resnet"))

@@ -6,16 +6,12 @@ import dataclasses
 from typing import Any
 
 from .attention import resolve_heads
+from .levels import resolution_levels
 
 
 def check_int(name: str, value: Any, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def level_resolutions(image_size: int, num_levels: int) -> list[int]:
-    """Spatial size at each level: ``image_size / 2**i``."""
-    return [image_size // 2**i for i in range(num_levels)]
 
 
 def validate_encoder_fields(cfg: Any) -> None:
@@ -40,12 +36,7 @@ def validate_encoder_fields(cfg: Any) -> None:
         ch = cfg.model_channels * m
         if ch % cfg.norm_groups:
             raise ValueError(f"channel width {ch} is not divisible by norm_groups={cfg.norm_groups}")
-    resolutions = level_resolutions(cfg.image_size, levels)
-    if not isinstance(cfg.attention_resolutions, tuple):
-        raise ValueError(f"attention_resolutions must be a tuple, got {cfg.attention_resolutions!r}")
-    bad = [r for r in cfg.attention_resolutions if r not in resolutions]
-    if bad:
-        raise ValueError(f"attention_resolutions {bad} are not level resolutions; allowed: {resolutions}")
+    resolution_levels(cfg.attention_resolutions, cfg.image_size, levels, "attention_resolutions")
     if cfg.num_head_channels != -1:
         check_int("num_head_channels (or -1)", cfg.num_head_channels, 1)
     check_int("num_heads", cfg.num_heads, 1)

@@ -18,7 +18,8 @@ from torch import nn
 
 from .attention import resolve_heads
 from .embeddings import TimestepEmbedding
-from .base import ConfigMixin, check_int, level_resolutions, validate_encoder_fields
+from .base import ConfigMixin, check_int, validate_encoder_fields
+from .levels import level_resolutions
 from .unet import build_encoder, build_middle, prefer_channels_last, run_block
 
 
@@ -30,7 +31,7 @@ class ClassifierConfig(ConfigMixin):
     model_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
-    attention_resolutions: tuple[int, ...] = (7,)
+    attention_resolutions: tuple[int | str, ...] = (7,)   # "1/F" fractions or pixel sizes (nn.levels)
     mid_attention: bool = True
     num_heads: int = 1
     num_head_channels: int = -1

@@ -26,8 +26,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import SelfAttention2d, SpatialTransformer, zero_module
-from .base import ConfigMixin, check_int, level_resolutions, validate_encoder_fields
+from .base import ConfigMixin, check_int, validate_encoder_fields
 from .embeddings import ClassEmbedding, TimestepEmbedding
+from .levels import resolution_levels
 
 # ----------------------------------------------------------------------------------------
 # Config
@@ -37,9 +38,10 @@ from .embeddings import ClassEmbedding, TimestepEmbedding
 class UNetConfig(ConfigMixin):
     """Architecture of a ``UNet``; validated on construction (``ValueError`` says what is wrong).
 
-    Resolutions (``attention_resolutions``, ``cross_attention_resolutions``) are pixel sizes
-    of levels: ``image_size / 2**level``; ``image_size`` must be divisible by
-    ``2**(len(channel_mult) - 1)``. Level ``i`` has ``model_channels * channel_mult[i]``
+    Resolutions (``attention_resolutions``, ``cross_attention_resolutions``) name levels, which
+    work at ``image_size / 2**level`` pixels: as fractions of the image size (``"1/4"``: the
+    form that survives a change of ``image_size``) or as pixel sizes (``7``); see
+    ``difflab.nn.levels``. ``image_size`` must be divisible by ``2**(len(channel_mult) - 1)``. Level ``i`` has ``model_channels * channel_mult[i]``
     channels. Heads: ``num_head_channels`` channels per head when it is not -1, else
     ``num_heads`` heads. The middle block has self-attention when ``mid_attention`` and a
     cross-attention transformer whenever ``context_dim`` is set.
@@ -51,7 +53,7 @@ class UNetConfig(ConfigMixin):
     model_channels: int = 128
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)
     num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (16,)   # pixel resolutions with self-attention
+    attention_resolutions: tuple[int | str, ...] = (16,)   # levels with self-attention: "1/F" or pixels
     mid_attention: bool = True                # self-attention in the middle block
     num_heads: int = 1
     num_head_channels: int = -1              # -1 = use num_heads
@@ -59,7 +61,7 @@ class UNetConfig(ConfigMixin):
     num_classes: int | None = None           # None = unconditional
     cond_channels: int = 0                   # channels of an image concatenated to x_t
     context_dim: int | None = None           # None = no cross-attention
-    cross_attention_resolutions: tuple[int, ...] = ()
+    cross_attention_resolutions: tuple[int | str, ...] = ()
     transformer_depth: int = 1
     resblock_updown: bool = False
     use_scale_shift_norm: bool = False
@@ -98,11 +100,8 @@ class UNetConfig(ConfigMixin):
                 raise ValueError("cross_attention_resolutions is set but context_dim is None; set context_dim")
         else:
             check_int("context_dim (or None)", self.context_dim, 1)
-            resolutions = level_resolutions(self.image_size, len(self.channel_mult))
-            bad = [r for r in self.cross_attention_resolutions if r not in resolutions]
-            if bad:
-                raise ValueError(
-                    f"cross_attention_resolutions {bad} are not level resolutions; allowed: {resolutions}")
+            resolution_levels(self.cross_attention_resolutions, self.image_size, len(self.channel_mult),
+                              "cross_attention_resolutions")
 
     @property
     def resolved_out_channels(self) -> int:
@@ -263,7 +262,7 @@ def run_block(block: Block, use_checkpoint: bool, *args):
 
 
 def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None = None,
-                  cross_resolutions: tuple[int, ...] = (), transformer_depth: int = 1, *,
+                  cross_resolutions: tuple[int | str, ...] = (), transformer_depth: int = 1, *,
                   norm_eps: float = 1e-5, downsample_padding: int = 1):
     """The U-Net's down path: ``conv_in`` then per level res (+attn) blocks and a downsample.
 
@@ -274,11 +273,15 @@ def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None =
         return ResBlock(ch_in, emb_dim, ch_out, cfg.dropout, cfg.use_scale_shift_norm, cfg.norm_groups, updown,
                         norm_eps)
 
-    def attn_layers(ch, res):
+    num_levels = len(cfg.channel_mult)
+    self_levels = resolution_levels(cfg.attention_resolutions, cfg.image_size, num_levels)
+    cross_levels = resolution_levels(cross_resolutions, cfg.image_size, num_levels, "cross_attention_resolutions")
+
+    def attn_layers(ch, level):
         layers = []
-        if res in cfg.attention_resolutions:
+        if level in self_levels:
             layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, norm_eps))
-        if context_dim is not None and res in cross_resolutions:
+        if context_dim is not None and level in cross_levels:
             layers.append(SpatialTransformer(ch, context_dim, cfg.num_heads, cfg.num_head_channels,
                                              transformer_depth, cfg.norm_groups, norm_eps))
         return layers
@@ -286,20 +289,18 @@ def build_encoder(cfg, in_channels: int, emb_dim: int, context_dim: int | None =
     ch = cfg.model_channels
     blocks = nn.ModuleList([Block([nn.Conv2d(in_channels, ch, 3, padding=1)])])
     skip_channels = [ch]
-    res = cfg.image_size
     for level, mult in enumerate(cfg.channel_mult):
         for _ in range(cfg.num_res_blocks):
             out = cfg.model_channels * mult
             layers = [res_block(ch, out)]
             ch = out
-            layers += attn_layers(ch, res)
+            layers += attn_layers(ch, level)
             blocks.append(Block(layers))
             skip_channels.append(ch)
         if level != len(cfg.channel_mult) - 1:
             down = res_block(ch, ch, "down") if cfg.resblock_updown else Downsample(ch, downsample_padding)
             blocks.append(Block([down]))
             skip_channels.append(ch)
-            res //= 2
     return blocks, skip_channels, ch
 
 
@@ -353,22 +354,22 @@ class UNet(nn.Module):
 
         self.output_blocks = nn.ModuleList()
         levels = len(cfg.channel_mult)
-        res = cfg.image_size // 2 ** (levels - 1)
+        self_levels = resolution_levels(cfg.attention_resolutions, cfg.image_size, levels)
+        cross_levels = resolution_levels(cfg.cross_attention_resolutions, cfg.image_size, levels)
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
                 out = cfg.model_channels * mult
                 layers = [ResBlock(ch + skip_channels.pop(), emb_dim, out, cfg.dropout,
                                    cfg.use_scale_shift_norm, cfg.norm_groups, norm_eps=eps)]
                 ch = out
-                if res in cfg.attention_resolutions:
+                if level in self_levels:
                     layers.append(SelfAttention2d(ch, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, eps))
-                if cfg.context_dim is not None and res in cfg.cross_attention_resolutions:
+                if cfg.context_dim is not None and level in cross_levels:
                     layers.append(SpatialTransformer(ch, cfg.context_dim, cfg.num_heads, cfg.num_head_channels,
                                                      cfg.transformer_depth, cfg.norm_groups, eps))
                 if level and i == cfg.num_res_blocks:
                     layers.append(ResBlock(ch, emb_dim, ch, cfg.dropout, cfg.use_scale_shift_norm,
                                            cfg.norm_groups, "up", eps) if cfg.resblock_updown else Upsample(ch))
-                    res *= 2
                 self.output_blocks.append(Block(layers))
         assert not skip_channels
         self.out_norm = nn.GroupNorm(cfg.norm_groups, ch, eps=eps)

@@ -30,6 +30,7 @@ Layout of an autoencoder run folder::
         training_state.pt                    optimisers, generator, data position, step
         autoencoder.yaml                     the config that produced it
     RUN_DIR/metrics.jsonl, metrics.csv, loss.png
+    RUN_DIR/tensorboard/                     TensorBoard event files (train.tensorboard)
     RUN_DIR/reconstruction.json, reconstructions.png
 """
 
@@ -126,6 +127,7 @@ class AutoencoderTask(Task):
 
     config_name = AE_CONFIG_NAME
     desc = "train autoencoder"
+    sample_tag = "reconstructions"
     result_class = AutoencoderTrainResult
 
     def __init__(self, config: AutoencoderRunConfig, dataset=None, eval_dataset=None):
@@ -233,6 +235,7 @@ class AutoencoderTask(Task):
         result.quality = doc
         result.quality_json = write_text_atomic(result.run_dir / RECONSTRUCTION_JSON, json.dumps(doc, indent=2) + "\n")
         result.reconstructions = reconstruction_grid(model, held[:8], result.run_dir / "reconstructions.png")
+        self.env.log_figure(self.sample_tag, result.reconstructions)
 
 
 def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | os.PathLike, *, resume: bool | str = False,

@@ -21,13 +21,18 @@ Layout of a classifier run folder::
         training_state.pt                    optimiser, generator, data position, step
         classifier.yaml                      the config that produced it
     RUN_DIR/metrics.jsonl, metrics.csv, loss.png
+    RUN_DIR/tensorboard/                     TensorBoard event files (train.tensorboard)
     RUN_DIR/accuracy.json, accuracy.md       held-out accuracy per noise level (timestep bucket)
+    RUN_DIR/accuracy.png                     the same as a bar chart
+    RUN_DIR/samples/step_00000500.png        with train.sample_every: the chart at that step (and rows
+                                             heldout_accuracy/tLO-HI, heldout_loss/tLO-HI in metrics.jsonl)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -42,6 +47,7 @@ from ..nn.classifier import EncoderClassifier
 from ..rng import randint, randn
 from ..runs import (CLASSIFIER_CONFIG_NAME, classifier_checkpoint, load_checkpoint_config, load_classifier_config,
                     resolve_checkpoint)
+from ..viz import new_figure, save_figure
 from .data import IndexStream, check_batch, check_images_fit, load_images
 from .engine import train_task
 from .runtime import stderr_log
@@ -49,6 +55,7 @@ from .task import Callback, Env, Networks, Task, TrainResult, Update
 
 ACCURACY_JSON = "accuracy.json"
 ACCURACY_MD = "accuracy.md"
+ACCURACY_PNG = "accuracy.png"
 #: Held-out accuracy is reported for t in [b_i T, b_{i+1} T): with T = 1000 the buckets are
 #: [0, 100), [100, 300), [300, 500), [500, 700), [700, 900), [900, 1000).
 BUCKET_FRACTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -111,6 +118,37 @@ def accuracy_by_noise_level(classifier, diffusion, images: torch.Tensor, labels:
     return rows
 
 
+def accuracy_metrics(rows: list[dict], num_timesteps: int) -> dict[str, float]:
+    """The metrics row of :func:`accuracy_by_noise_level`: ``heldout_accuracy/t000-100`` and
+    ``heldout_loss/t000-100`` per bucket (timesteps zero-padded to T's width, so the tags sort by noise)."""
+    width = len(str(num_timesteps))
+    out = {}
+    for r in rows:
+        bucket = f"t{r['t_min']:0{width}d}-{r['t_max']:0{width}d}"
+        out[f"heldout_accuracy/{bucket}"] = r["accuracy"]
+        out[f"heldout_loss/{bucket}"] = r["loss"]
+    return out
+
+
+def plot_accuracy(rows: list[dict], path: str | os.PathLike, num_classes: int, title: str) -> Path:
+    """Bar chart of the held-out accuracy per noise level, with chance (1 / classes) marked."""
+    fig = new_figure((6.0, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    labels = [f"[{r['t_min']}, {r['t_max']})" for r in rows]
+    bars = ax.bar(range(len(rows)), [r["accuracy"] for r in rows], color="C0")
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.axhline(1.0 / num_classes, color="C3", linestyle="--", linewidth=1, label=f"chance (1/{num_classes})")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("timestep t (more noise to the right)")
+    ax.set_ylabel("held-out accuracy")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="upper right")
+    ax.set_title(textwrap.fill(title, 72), fontsize=9)
+    return save_figure(fig, path)
+
+
 def accuracy_markdown(rows: list[dict], title: str) -> str:
     lines = [f"## {title}", "", "| timesteps t | accuracy | cross-entropy | n |", "|---|---|---|---|"]
     lines += [f"| [{r['t_min']}, {r['t_max']}) | {r['accuracy']:.3f} | {r['loss']:.3f} | {r['n']} |" for r in rows]
@@ -123,6 +161,7 @@ class ClassifierTrainResult(TrainResult):
     accuracy: list[dict] | None = None      # held-out accuracy per timestep bucket
     accuracy_json: Path | None = None
     accuracy_md: Path | None = None
+    accuracy_png: Path | None = None
 
 
 class ClassifierTask(Task):
@@ -130,10 +169,13 @@ class ClassifierTask(Task):
 
     config_name = CLASSIFIER_CONFIG_NAME
     desc = "train classifier"
+    sample_tag = "heldout_accuracy"
     result_class = ClassifierTrainResult
 
     def __init__(self, config: ClassifierRunConfig, dataset=None, eval_dataset=None):
         self.config, self.dataset, self.eval_dataset = config, dataset, eval_dataset
+        self.held: tuple | None = None     # (x, y, dataset) of the held-out images, once loaded
+        self.held_tried = False
 
     def check_resume(self, path: Path) -> Path:
         ckpt = classifier_checkpoint(path)
@@ -189,29 +231,58 @@ class ClassifierTask(Task):
     def postfix(self, means: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{means['loss']:.3f}", "acc": f"{means['train_accuracy']:.2f}"}
 
+    def held_out(self) -> tuple | None:
+        """``(x, y, dataset)``: ``train.eval_n`` held-out images (a seeded draw from ``train.eval_split``)
+        and labels, loaded once; None (said once) when the split cannot be loaded."""
+        if not self.held_tried:
+            self.held_tried = True
+            tc, held = self.config.train, self.eval_dataset
+            if held is None:
+                try:
+                    held = self._load(tc.eval_split, self.env.log)
+                except (ValueError, OSError) as e:
+                    self.env.log(f"note: no held-out accuracy ({self.config.data.dataset} split {tc.eval_split!r} "
+                                 f"could not be loaded: {str(e).splitlines()[0]})")
+                    return None
+            n = min(len(held), tc.eval_n)
+            order = torch.randperm(len(held), generator=torch.Generator().manual_seed(tc.seed))[:n]
+            self.held = (*held.get_batch(order), held)
+        return self.held
+
+    def evaluate(self, model: torch.nn.Module, path: Path, *, log_rows: bool, note: str = ""
+                 ) -> tuple[list[dict], str] | None:
+        """Held-out accuracy per noise level: ``(rows, title)``, a chart at ``path`` and (``log_rows``) their
+        metrics row through ``env.log_metrics``; None without held-out images."""
+        if self.held_out() is None:
+            return None
+        x, y, held = self.held
+        rows = accuracy_by_noise_level(model, self.diffusion, x, y, seed=self.config.train.seed)
+        if log_rows:
+            self.env.log_metrics(accuracy_metrics(rows, self.diffusion.num_timesteps))
+        title = f"held-out accuracy per noise level: {held.name} {held.split} split, n={len(x)}{note}"
+        plot_accuracy(rows, path, self.config.model.num_classes, title)
+        return rows, title
+
+    def sample(self, model: torch.nn.Module, path: Path) -> Path | None:
+        return path if self.evaluate(model, path, log_rows=True) is not None else None
+
     def finish(self, model: torch.nn.Module, result: ClassifierTrainResult) -> None:
-        cfg, tc, log = self.config, self.config.train, self.env.log
-        held = self.eval_dataset
-        if held is None:
-            try:
-                held = self._load(tc.eval_split, log)
-            except (ValueError, OSError) as e:
-                log(f"note: no held-out accuracy ({cfg.data.dataset} split {tc.eval_split!r} could not be loaded: "
-                    f"{str(e).splitlines()[0]})")
-                return
-        n = min(len(held), tc.eval_n)
-        order = torch.randperm(len(held), generator=torch.Generator().manual_seed(tc.seed))[:n]
-        x, y = held.get_batch(order)
+        cfg = self.config
         T = self.diffusion.num_timesteps
-        rows = accuracy_by_noise_level(model, self.diffusion, x, y, seed=tc.seed)
-        result.accuracy = rows
-        title = (f"held-out accuracy per noise level: {held.name} {held.split} split, n={n}, "
-                 f"step {result.step}, {cfg.diffusion.schedule} schedule T={T}")
-        doc: dict[str, Any] = {"dataset": held.name, "split": held.split, "n": n, "step": result.step,
+        png = result.run_dir / ACCURACY_PNG
+        # the curve's last point when one was asked for (train.sample_every); the tables and chart either way
+        out = self.evaluate(model, png, log_rows=cfg.train.sample_every > 0,
+                            note=f", step {result.step}, {cfg.diffusion.schedule} schedule T={T}")
+        if out is None:
+            return
+        (rows, title), (x, _, held) = out, self.held
+        result.accuracy, result.accuracy_png = rows, png
+        doc: dict[str, Any] = {"dataset": held.name, "split": held.split, "n": len(x), "step": result.step,
                                "checkpoint": str(result.checkpoint), "schedule": cfg.diffusion.schedule,
                                "num_timesteps": T, "buckets": rows}
         result.accuracy_json = write_text_atomic(result.run_dir / ACCURACY_JSON, json.dumps(doc, indent=2) + "\n")
         result.accuracy_md = write_text_atomic(result.run_dir / ACCURACY_MD, accuracy_markdown(rows, title))
+        self.env.log_figure(self.sample_tag, png)
 
 
 def train_classifier(config: ClassifierRunConfig, run_dir: str | os.PathLike, *, resume: bool | str = False,
@@ -226,7 +297,7 @@ def train_classifier(config: ClassifierRunConfig, run_dir: str | os.PathLike, *,
 
 
 __all__ = [
-    "ACCURACY_JSON", "ACCURACY_MD", "BUCKET_FRACTIONS", "ClassifierTask", "ClassifierTrainResult",
-    "accuracy_by_noise_level", "accuracy_markdown", "classifier_loss", "resolve_classifier_config",
+    "ACCURACY_JSON", "ACCURACY_MD", "ACCURACY_PNG", "BUCKET_FRACTIONS", "ClassifierTask", "ClassifierTrainResult",
+    "accuracy_by_noise_level", "accuracy_markdown", "accuracy_metrics", "classifier_loss", "plot_accuracy", "resolve_classifier_config",
     "timestep_buckets", "train_classifier",
 ]

@@ -42,11 +42,13 @@ class IndexStream:
 
 
 def load_images(d: DataConfig, log: Callable[[str], None], *, split: str | None = None,
-                labels_from_folders: bool | None = None):
-    """The dataset named by ``d`` (its ``split``, or the one given), reporting skipped unreadable files."""
+                labels_from_folders: bool | None = None, files=None):
+    """The dataset named by ``d`` (its ``split``, or the one given; ``files``: a folder's images to read,
+    e.g. one side of a held-out split), reporting skipped unreadable files."""
     folders = d.labels and d.dataset == "folder" if labels_from_folders is None else labels_from_folders
     ds = load_dataset(d.dataset, root=d.root, split=split or d.split, image_size=d.image_size, channels=d.channels,
-                      download=d.download, labels_from_folders=folders, skip_corrupt=d.skip_corrupt, hflip=d.hflip)
+                      download=d.download, labels_from_folders=folders, skip_corrupt=d.skip_corrupt, hflip=d.hflip,
+                      files=files)
     if ds.skipped:
         log(f"skipped {len(ds.skipped)} unreadable file(s): {', '.join(map(str, ds.skipped[:5]))}"
             + (" ..." if len(ds.skipped) > 5 else ""))

@@ -37,6 +37,8 @@ from ..viz import save_grid
 from . import distributed as D
 from .data import IndexStream, check_batch, check_images_fit, load_images
 from .engine import train_task
+from .evaluation import Evaluation
+from .heldout import HeldoutData, SplitWriter, heldout_data
 from .runtime import stderr_log
 from .task import Callback, Env, Networks, Task, TrainResult, Update
 
@@ -198,6 +200,7 @@ class DiffusionTask(Task):
 
     def finish(self, model: torch.nn.Module, result: TrainResult) -> None:
         result.samples = self.sample(model, result.run_dir / "samples.png")
+        self.env.log_figure(self.sample_tag, result.samples)
 
 
 def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str | os.PathLike = False,
@@ -205,6 +208,21 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str |
           callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train ``config`` into ``run_dir``; ``resume=True`` continues from its latest checkpoint
     (or from the checkpoint folder given). ``dataset``: an ImageDataset to use instead of
-    loading ``config.data``. Returns where the outputs are."""
+    loading ``config.data``. Returns where the outputs are.
+
+    A folder with ``data.holdout_fraction > 0`` trains on the training side of its held-out split
+    (written to RUN_DIR/split.json, kept on resume: ``difflab.train.heldout``); ``train.eval_every_minutes
+    > 0`` evaluates against the held-out images during training (``difflab.train.evaluation``)."""
+    callbacks = list(callbacks)
+    held = None
+    if dataset is None or config.train.eval_every_minutes:
+        held = heldout_data(config.data, run_dir, bool(resume), log) if dataset is None else HeldoutData(config.data)
+        if held.split is not None:
+            dataset = held.train
+            callbacks.append(SplitWriter(held.split))
+        elif dataset is not None:
+            held.train = dataset
+    if config.train.eval_every_minutes:
+        callbacks.append(Evaluation(config, held))
     return train_task(DiffusionTask(config, dataset), run_dir, resume=resume, progress=progress, log=log,
                       callbacks=callbacks)

@@ -15,13 +15,16 @@ autoencoder and its discriminator do). The engine gives every task the same guar
   the run with :class:`NonFiniteLossError`);
 - data parallel under torchrun: every process draws the same global batch and keeps its shard, the
   gradients are averaged over processes before every update (``distributed.average_gradients``);
-- autocast (``train.mixed_precision``; fp16 with a GradScaler), metrics.jsonl / .csv / TensorBoard,
-  a progress bar, sample grids every ``train.sample_every`` steps, and :class:`Callback` events.
+- autocast (``train.mixed_precision``; fp16 with a GradScaler), metrics.jsonl / .csv, TensorBoard
+  (``train.tensorboard``: ``difflab.train.tensorboard``, itself a callback), a progress bar, sample grids
+  every ``train.sample_every`` steps, and :class:`Callback` events; without the bar, a log line at least
+  once a minute (``difflab.train.heartbeat``).
 
 Callbacks (``train(..., callbacks=[...])``) observe a run without forking the loop: ``on_start``,
-``on_log`` (every metrics row), ``on_sample``, ``on_checkpoint``, ``on_step_end`` (after every
-optimiser step, on every process: where periodic evaluation goes) and ``on_end``. ``RunState``
-gives them the step, the training time, the networks and :meth:`RunState.log_metrics`.
+``on_log`` (every metrics row), ``on_sample``, ``on_figure`` (every figure reported), ``on_checkpoint``,
+``on_step_end`` (after every optimiser step, on every process: where periodic evaluation goes) and
+``on_end``. ``RunState`` gives them the step, the training time, the networks and the run's two sinks,
+:meth:`RunState.log_metrics` (rows) and :meth:`RunState.log_figure` (PNG files).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from .runtime import (StopRequest, autocast, check_mixed_precision, learning_rat
                       set_threads, stderr_log)
 from .state import restore, training_state
 from .task import Callback, Env, NonFiniteLossError, Outcome, RunState, Task, TrainResult
+from .heartbeat import Heartbeat
+from .tensorboard import tensorboard_callback
 
 
 def train_task(task: Task, run_dir: str | os.PathLike, *, resume: bool | str | os.PathLike = False,
@@ -55,6 +60,7 @@ def train_task(task: Task, run_dir: str | os.PathLike, *, resume: bool | str | o
     """Train ``task`` into ``run_dir``; ``resume=True`` continues from its latest checkpoint (or from the
     checkpoint folder given). Joins the process group torchrun describes, if any."""
     tc = task.config.train
+    tensorboard = tensorboard_callback(tc.tensorboard)   # asked for but not installed: fails here, first
     device = resolve_device(tc.device)
     info, created_group = D.init_distributed(device.type)
     threads = torch.get_num_threads()
@@ -62,9 +68,13 @@ def train_task(task: Task, run_dir: str | os.PathLike, *, resume: bool | str | o
         if info.enabled and device.type == "cuda":
             device = torch.device("cuda", info.local_rank)
             torch.cuda.set_device(device)
+        # without a progress bar, a line at least once a minute (unless the caller brought its own Heartbeat)
+        heartbeat = [] if progress or any(isinstance(cb, Heartbeat) for cb in callbacks) else [Heartbeat()]
         return _Loop(task, Path(run_dir), device, info, log if info.is_main else quiet_log, progress,
-                     callbacks).run(resume)
+                     [*callbacks, *heartbeat, *([tensorboard] if tensorboard is not None else [])]).run(resume)
     finally:
+        if tensorboard is not None:
+            tensorboard.close()     # also when the run failed
         torch.set_num_threads(threads)
         D.cleanup(created_group)
 
@@ -112,7 +122,9 @@ class _Loop:
             raise ConfigError(f"{run_dir} already holds checkpoints; resume them (--resume) or choose another output "
                               "folder (--out)")
         shard_size = tc.batch_size // info.world_size
-        env = Env(self.device, info, slice(info.rank * shard_size, (info.rank + 1) * shard_size), ckpt, self.log)
+        env = Env(self.device, info, slice(info.rank * shard_size, (info.rank + 1) * shard_size), ckpt, self.log,
+                  log_metrics=lambda row: self.state.log_metrics(row),
+                  log_figure=lambda tag, path: self.state.log_figure(tag, path))
         task.setup(env)
         torch.manual_seed(tc.seed)          # the seed fixes the initialisation
         nets = task.build(env)
@@ -122,7 +134,7 @@ class _Loop:
         gen = torch.Generator().manual_seed(tc.seed)
         stream = IndexStream(task.num_examples, gen)
         torch.manual_seed(tc.seed + 1 + info.rank)   # dropout: torch's global generator, seeded per rank
-        self.state = run = RunState(task, run_dir, env, nets, ema, None)
+        self.state = run = RunState(task, run_dir, env, nets, ema, None, callbacks=self.callbacks)
         if ckpt is not None:
             saved = restore(ckpt, model=nets.model, extra=nets.extra, ema=ema, optimizers=nets.optimizers,
                             scaler=scaler, gen=gen, stream=stream, info=info, device=self.device, log=self.log)
@@ -193,7 +205,7 @@ class _Loop:
                     ema.update(nets.model)
                 run.step += 1
                 run.train_seconds += time.perf_counter() - step_t0
-                last_loss = loss_value
+                last_loss = run.last_loss = loss_value
                 for k, v in {"loss": loss_value, **out.logs}.items():
                     window[k] = window.get(k, 0.0) + v
                 window_n += 1
@@ -208,14 +220,13 @@ class _Loop:
                     row = {"step": step, **means, "lr": lr, "grad_norm": grad_norm, "images_per_s": ips,
                            "skipped_steps": run.skipped_steps, "elapsed_s": time.perf_counter() - t_start,
                            "train_s": run.train_seconds}
-                    if run.metrics is not None:
-                        run.metrics.log(row)
-                    self._emit("on_log", row)
+                    run.log_metrics(row)          # metrics.jsonl / .csv (rank 0), then every callback's on_log
                     window, window_n, window_t0 = {}, 0, time.perf_counter()
                 if tc.sample_every and step % tc.sample_every == 0 and step != tc.steps and info.is_main:
                     path = task.sample(run.eval_model, run_dir / "samples" / f"step_{step:08d}.png")
                     if path is not None:
                         self._emit("on_sample", path)
+                        run.log_figure(task.sample_tag, path)
                 time_ckpt = bool(ckpt_every_s) and D.any_true(run.train_seconds >= next_time_ckpt, info, self.device)
                 if time_ckpt:
                     next_time_ckpt = (math.floor(run.train_seconds / ckpt_every_s) + 1) * ckpt_every_s
@@ -229,11 +240,12 @@ class _Loop:
         result = task.result_class(run_dir, run.step, interrupted, last_ckpt, last_loss=last_loss,
                                    skipped_steps=run.skipped_steps)
         if run.metrics is not None:
-            run.metrics.close()
             result.metrics = run.metrics.jsonl
             if not interrupted:
                 task.finish(run.eval_model, result)
             result.loss_plot = plot_metrics(run_dir)
+            if result.loss_plot is not None:
+                run.log_figure("loss", result.loss_plot)
         self._emit("on_end", result)
         return result
 

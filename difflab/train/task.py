@@ -48,15 +48,23 @@ class Networks:
     extra: dict[str, torch.nn.Module] = field(default_factory=dict)
 
 
+def ignore(*args: Any) -> None:
+    """A sink that drops what it is given (an :class:`Env` made outside the engine)."""
+
+
 @dataclass
 class Env:
-    """Where a task runs: the device, this process's place and batch shard, the resumed checkpoint."""
+    """Where a task runs: the device, this process's place and batch shard, the resumed checkpoint,
+    and where it reports: ``log`` (a line of text), ``log_metrics`` (a metrics row, as
+    :meth:`RunState.log_metrics`) and ``log_figure`` (a PNG it wrote, as :meth:`RunState.log_figure`)."""
 
     device: torch.device
     info: D.DistInfo
     shard: slice
     checkpoint: Path | None
     log: Callable[[str], None]
+    log_metrics: Callable[[dict[str, Any]], None] = ignore
+    log_figure: Callable[[str, Path], None] = ignore
 
 
 @dataclass
@@ -70,6 +78,7 @@ class TrainResult:
     metrics: Path | None = None
     last_loss: float | None = None
     skipped_steps: int = 0
+    tensorboard: Path | None = None  # the TensorBoard event files' folder, when they were written
 
 
 class Task:
@@ -80,6 +89,7 @@ class Task:
     config: RunSpec
     config_name: str
     desc = "train"
+    sample_tag = "samples"       # the name of what ``sample`` draws (TensorBoard's image tag)
     result_class: type[TrainResult] = TrainResult
     num_examples: int = 0
 
@@ -120,11 +130,15 @@ class Task:
         return {"loss": f"{means['loss']:.4f}"}
 
     def sample(self, model: torch.nn.Module, path: Path) -> Path | None:
-        """A grid of what ``model`` (the EMA when there is one) makes; None when the task draws none."""
+        """A figure of what ``model`` (the EMA when there is one) does, written to ``path`` every
+        ``train.sample_every`` steps (rank 0): a sample grid, reconstructions, held-out accuracy (values
+        may go to ``env.log_metrics``); None when the task draws none. The engine reports it as a
+        figure named ``sample_tag``."""
         return None
 
     def finish(self, model: torch.nn.Module, result: TrainResult) -> None:
-        """The final outputs of a finished run (rank 0): samples, held-out evaluation ..."""
+        """The final outputs of a finished run (rank 0): samples, held-out evaluation ... (figures
+        reported through ``env.log_figure``)."""
 
 
 class Callback:
@@ -133,6 +147,7 @@ class Callback:
     def on_start(self, run: "RunState") -> None: ...
     def on_log(self, run: "RunState", row: dict[str, Any]) -> None: ...
     def on_sample(self, run: "RunState", path: Path) -> None: ...
+    def on_figure(self, run: "RunState", tag: str, path: Path) -> None: ...
     def on_checkpoint(self, run: "RunState", path: Path | None) -> None: ...
     def on_step_end(self, run: "RunState") -> None: ...
     def on_end(self, run: "RunState", result: TrainResult) -> None: ...
@@ -151,6 +166,8 @@ class RunState:
     step: int = 0
     train_seconds: float = 0.0
     skipped_steps: int = 0
+    callbacks: list[Callback] = field(default_factory=list)
+    last_loss: float | None = None    # the loss of the last step taken (this process's, before averaging)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -158,9 +175,20 @@ class RunState:
         return self.ema.model if self.ema is not None else self.nets.model
 
     def log_metrics(self, row: dict[str, Any]) -> None:
-        """Add a row (with ``step``) to the run's metrics (rank 0; a no-op elsewhere)."""
+        """Add a row (with ``step``) to the run's metrics (written on rank 0), then hand it to every
+        callback's ``on_log`` (so TensorBoard gets it as scalars). Keys ``group/name`` choose the
+        TensorBoard section; bare keys of an evaluation row are shown under ``eval/``."""
+        row = {"step": self.step, **row}
         if self.metrics is not None:
-            self.metrics.log({"step": self.step, **row})
+            self.metrics.log(row)
+        for cb in self.callbacks:
+            cb.on_log(self, row)
+
+    def log_figure(self, tag: str, path: Path) -> None:
+        """Report a PNG written for this run (a sample grid, a plot) at the current step: every
+        callback's ``on_figure`` gets it (TensorBoard shows it as image ``tag``)."""
+        for cb in self.callbacks:
+            cb.on_figure(self, tag, Path(path))
 
 
 @dataclass

@@ -90,11 +90,21 @@ def test_latent_training_losses_are_per_example():
     ld = LatentDiffusion(_ae(), 0.5)
     diffusion = DiffusionConfig(num_timesteps=100).build()
     x, t = _images(4), torch.tensor([0, 10, 50, 99])
-    terms = ld.training_losses(lambda z_t, t: torch.zeros_like(z_t), diffusion, x, t,
+    seen = []
+    terms = ld.training_losses(lambda z_t, t: (seen.append(z_t), torch.zeros_like(z_t))[1], diffusion, x, t,
                                generator=torch.Generator().manual_seed(0))
     assert terms["loss"].shape == (4,)
-    # an all-zero eps prediction costs E[eps^2] = 1 per latent element
-    assert terms["loss"].mean().item() == pytest.approx(1.0, abs=0.35)
+    # exactly: the generator first encodes z_0 = scale_factor * z, z ~ q(z | x), then draws eps; the
+    # model sees z_t = sqrt(abar) z_0 + sqrt(1 - abar) eps, and an all-zero eps prediction costs mean(eps^2)
+    g = torch.Generator().manual_seed(0)
+    z_0 = ld.encode_to_latent(x, g)
+    eps = torch.randn(z_0.shape, generator=g)
+    abar = torch.as_tensor(diffusion.terms.alphas_cumprod, dtype=torch.float32)[t].reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(seen[0], torch.sqrt(abar) * z_0 + torch.sqrt(1 - abar) * eps)
+    torch.testing.assert_close(terms["loss"], (eps**2).mean(dim=(1, 2, 3)))
+    # and in expectation E[eps^2] = 1: the mean of n = 4 x 2 x 4 x 4 = 128 squared normals has standard
+    # deviation sqrt(2 / 128) = 0.125, so 4 of them give 0.5
+    assert terms["loss"].mean().item() == pytest.approx(1.0, abs=4 * (2 / eps.numel()) ** 0.5)
 
 
 def test_mnist_captions_name_the_right_digit():

@@ -1,6 +1,7 @@
 import pytest
 
 
+from difflab.nn.levels import resolution_levels
 from difflab.nn import (CLASSIFIER_PRESETS, UNET_PRESETS, ClassifierConfig, UNetConfig, get_classifier_preset,
                         get_unet_preset)
 
@@ -12,8 +13,10 @@ def test_required_presets_exist_with_their_shapes():
     assert shapes["digits"] == (8, 1) and shapes["mnist"] == (28, 1) and shapes["cifar10"] == (32, 3)
     assert UNET_PRESETS["latent"].context_dim is not None and UNET_PRESETS["latent"].cross_attention_resolutions
     c = UNET_PRESETS["cifar10"]
-    assert (c.model_channels, c.channel_mult, c.num_res_blocks, c.attention_resolutions, c.dropout) == \
-        (128, (1, 2, 2, 2), 2, (16,), 0.1)
+    assert (c.model_channels, c.channel_mult, c.num_res_blocks, c.dropout) == (128, (1, 2, 2, 2), 2, 0.1)
+    # self-attention at 16x16 only (level 1 of 32 -> 16 -> 8 -> 4), written as a fraction of the image size
+    assert c.attention_resolutions == ("1/2",)
+    assert resolution_levels(c.attention_resolutions, c.image_size, 4) == resolution_levels((16,), 32, 4) == (1,)
     assert all(isinstance(c, UNetConfig) for c in UNET_PRESETS.values())
     assert all(isinstance(c, ClassifierConfig) for c in CLASSIFIER_PRESETS.values())
 

@@ -157,7 +157,7 @@ ROWS = [
      "train.batch_size: batch_size 5000 is larger than dataset 'digits'"),
     ("image size vs down-sampling", train_set("model.image_size=9", "data.image_size=9"), 2,
      "image_size=9 is not divisible by 2**(levels-1)=2"),
-    ("image size vs attention", train_set("model.image_size=16"), 2,
+    ("image size vs attention", train_set("model.image_size=16", "model.attention_resolutions=[4]"), 2,
      "attention_resolutions [4] are not level resolutions; allowed: [16, 8]"),
     ("negative seed", train_set("train.seed=-1"), 2, "train.seed must be >= 0"),
     ("seed too large", train_set("train.seed=18446744073709551617"), 2, "train.seed must be in [0, 2**63 - 1]"),

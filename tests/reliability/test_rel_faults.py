@@ -87,6 +87,7 @@ def crash_story(tmp_path_factory):
     return work, json.loads((work / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_fault_point_killed_the_trainer(crash_story):
     _, report = crash_story
     assert [f["name"] for f in report["faults"]] == list(EXPECTED_LATEST)
@@ -96,6 +97,7 @@ def test_every_fault_point_killed_the_trainer(crash_story):
     assert report["final"] == {"signal": None, "exit": 0} and report["straight"] == {"signal": None, "exit": 0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", list(EXPECTED_LATEST))
 def test_after_a_sigkill_the_last_checkpoint_loads(crash_story, fault):
     _, report = crash_story
@@ -117,6 +119,7 @@ def test_after_a_sigkill_the_last_checkpoint_loads(crash_story, fault):
         assert all(torch.isfinite(v).all() for v in run.model.state_dict().values())
 
 
+@pytest.mark.slow
 def test_crash_windows_that_needed_a_fix(crash_story):
     """The windows that used to leave an un-resumable run, each now recovered."""
     _, report = crash_story
@@ -132,6 +135,7 @@ def test_crash_windows_that_needed_a_fix(crash_story):
     assert [r["step"] for r in read_metrics(snap["metrics-rewrite"])][:6] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_resuming_through_all_the_kills_matches_an_uninterrupted_run(crash_story):
     work, _ = crash_story
     run, straight = work / "run", work / "straight"

@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 from difflab.config import ConfigError, resolve_config, save_config
 from difflab.diffusion import DiffusionConfig
 from difflab.runs import load_classifier
-from difflab.train.classifier import (accuracy_by_noise_level, resolve_classifier_config,
+from difflab.train.classifier import (accuracy_by_noise_level, accuracy_metrics, resolve_classifier_config,
                                       timestep_buckets, train_classifier)
+from difflab.train.metrics import read_metrics
 
 QUIET = dict(progress=False, log=lambda msg: None)
 
@@ -40,6 +41,23 @@ def test_train_writes_checkpoint_metrics_and_accuracy_per_noise_level(tmp_path):
     loaded = load_classifier(run)
     assert loaded.step == 3 and loaded.num_classes == 10 and not loaded.model.training
     assert loaded.diffusion.num_timesteps == 100
+
+
+def test_sample_every_logs_held_out_accuracy_per_noise_level_during_training(tmp_path):
+    run = tmp_path / "clf"
+    res = train_classifier(tiny("train.steps=4", "train.sample_every=2", "train.log_every=2", "train.eval_n=16",
+                                "train.tensorboard=false"), run, **QUIET)
+    evals = [r for r in read_metrics(run) if "loss" not in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    T = json.loads((run / "accuracy.json").read_text())["num_timesteps"]
+    assert T == 100 and len(evals[0]) == 1 + 2 * 6      # step, accuracy and cross-entropy of each bucket
+    # the last row is the final evaluation of accuracy.json, the first one an earlier model's
+    assert evals[1] == {"step": 4, **accuracy_metrics(res.accuracy, T)}
+    assert evals[1]["heldout_accuracy/t000-010"] == res.accuracy[0]["accuracy"]
+    assert (run / "samples" / "step_00000002.png").is_file() and res.accuracy_png == run / "accuracy.png"
+    assert res.accuracy_png.is_file()
+    # metrics.csv keeps the training rows only
+    assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]] == ["2", "4"]
 
 
 def test_resume_repeats_an_uninterrupted_run(tmp_path):

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed + gloo")
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     overrides = ["train.num_threads=1", "train.batch_size=16", "sample.n=4", "sample.steps=2"]
@@ -44,6 +45,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     assert state["world_size"] == 2 and state["rng_cpu"].shape[0] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed + gloo")
 def test_two_processes_stop_together_at_the_time_budget_with_a_time_based_lr_decay(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
