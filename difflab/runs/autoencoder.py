@@ -6,12 +6,10 @@ import os
 from pathlib import Path
 
 import torch
-import yaml
 
-from ..config import AutoencoderRunConfig, ConfigError, load_config
+from ..config import AutoencoderRunConfig, load_config
 from ..nn.autoencoder import AutoencoderKL
-from .checkpoint import AE_CONFIG_NAME, EMA_NAME, MODEL_NAME, checkpoint_error, checkpoint_of_kind, load_state_into, \
-    load_weights
+from .checkpoint import AE_CONFIG_NAME, checkpoint_of_kind, load_config_and_weights
 
 DISC_NAME = "discriminator.safetensors"
 
@@ -32,11 +30,6 @@ def load_autoencoder(path: str | os.PathLike, *, device: str | torch.device = "c
     """``(autoencoder in eval mode, its run config, the checkpoint folder)`` of a trained run; its EMA
     weights when it was trained with ``train.ema_decay`` (and ``use_ema``)."""
     ckpt = autoencoder_checkpoint(path)
-    try:
-        cfg = load_autoencoder_config(ckpt / AE_CONFIG_NAME)
-    except (ConfigError, yaml.YAMLError) as e:
-        raise checkpoint_error(ckpt, f"{AE_CONFIG_NAME} is not a valid autoencoder config", str(e)) from None
-    ae = AutoencoderKL(cfg.model)
-    name = EMA_NAME if use_ema and (ckpt / EMA_NAME).is_file() else MODEL_NAME
-    load_state_into(ae, load_weights(ckpt, name), ckpt, name)
+    ae, cfg = load_config_and_weights(ckpt, AE_CONFIG_NAME, "autoencoder", load_autoencoder_config, AutoencoderKL,
+                                      use_ema)
     return ae.eval().to(device), cfg, ckpt

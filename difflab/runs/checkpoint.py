@@ -284,3 +284,22 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], c
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     module.load_state_dict(tensors)
+
+
+def load_config_and_weights(ckpt: Path, config_name: str, what: str, read_config: Callable[[Path], Any],
+                            build: Callable[[Any], torch.nn.Module], use_ema: bool) -> tuple[torch.nn.Module, Any]:
+    """``(network, run config)`` of a checkpoint folder whose config file is ``config_name``: the
+    network ``build(config.model)`` with the EMA weights when there are some (and ``use_ema``), else
+    the raw ones. A damaged config or weight file is a CheckpointError naming the file."""
+    import yaml
+
+    from ..config import ConfigError
+
+    try:
+        cfg = read_config(ckpt / config_name)
+    except (ConfigError, yaml.YAMLError) as e:
+        raise checkpoint_error(ckpt, f"{config_name} is not a valid {what} config", str(e)) from None
+    model = build(cfg.model)
+    name = EMA_NAME if use_ema and (ckpt / EMA_NAME).is_file() else MODEL_NAME
+    load_state_into(model, load_weights(ckpt, name), ckpt, name)
+    return model, cfg

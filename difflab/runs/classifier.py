@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from ..config import ClassifierRunConfig, ConfigError, load_config, save_config
+from ..config import ClassifierRunConfig, load_config, save_config
 from ..nn.classifier import EncoderClassifier
-from .checkpoint import (CLASSIFIER_CONFIG_NAME, EMA_NAME, MODEL_NAME, STATE_NAME, checkpoint_error,
-                         checkpoint_of_kind, checkpoint_step, load_state_into, load_weights, save_checkpoint_files,
-                         weights_writer)
+from .checkpoint import (CLASSIFIER_CONFIG_NAME, MODEL_NAME, STATE_NAME, checkpoint_of_kind, checkpoint_step,
+                         load_config_and_weights, save_checkpoint_files, weights_writer)
 
 
 def classifier_checkpoint(path: str | os.PathLike) -> Path:
@@ -47,13 +45,8 @@ def load_classifier(path: str | os.PathLike, *, device: str | torch.device = "cp
     """Load a classifier run folder's latest checkpoint (or a given checkpoint folder), in eval mode;
     its EMA weights when it was trained with ``train.ema_decay`` (and ``use_ema``)."""
     ckpt = classifier_checkpoint(path)
-    try:
-        cfg = load_classifier_config(ckpt / CLASSIFIER_CONFIG_NAME)
-    except (ConfigError, yaml.YAMLError) as e:
-        raise checkpoint_error(ckpt, f"{CLASSIFIER_CONFIG_NAME} is not a valid classifier config", str(e)) from None
-    model = EncoderClassifier(cfg.model)
-    name = EMA_NAME if use_ema and (ckpt / EMA_NAME).is_file() else MODEL_NAME
-    load_state_into(model, load_weights(ckpt, name), ckpt, name)
+    model, cfg = load_config_and_weights(ckpt, CLASSIFIER_CONFIG_NAME, "classifier", load_classifier_config,
+                                         EncoderClassifier, use_ema)
     model.eval().requires_grad_(False)
     return LoadedClassifier(cfg, model.to(device), cfg.diffusion.build(), ckpt, checkpoint_step(ckpt))
 

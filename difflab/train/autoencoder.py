@@ -55,7 +55,7 @@ from ..viz import save_grid
 from .data import IndexStream, check_batch, check_images_fit, load_images
 from .engine import train_task
 from .runtime import stderr_log
-from .task import Callback, Env, Networks, Task, TrainResult, Update
+from .task import Callback, Env, Networks, Task, TrainResult, Update, resumable
 
 RECONSTRUCTION_JSON = "reconstruction.json"
 
@@ -135,10 +135,7 @@ class AutoencoderTask(Task):
 
     def check_resume(self, path: Path) -> Path:
         ckpt = autoencoder_checkpoint(path)
-        if load_autoencoder_config(ckpt / AE_CONFIG_NAME).model != self.config.model:
-            raise ConfigError(f"cannot resume {ckpt}: its model config differs from the one given "
-                              "(only data/train settings may change on resume)")
-        return ckpt
+        return resumable(ckpt, load_autoencoder_config(ckpt / AE_CONFIG_NAME), self.config, ("model",), "data/train")
 
     def _load(self, split: str, log):
         ds = load_images(self.config.data, log, split=split, labels_from_folders=False)

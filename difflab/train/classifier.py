@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import ClassifierRunConfig, ConfigError, resolve_classifier_config as resolve_from_config
+from ..config import ClassifierRunConfig, resolve_classifier_config as resolve_from_config
 from ..data.transforms import random_hflip, uint8_to_float
 from ..files import write_text_atomic
 from ..nn.classifier import EncoderClassifier
@@ -51,7 +51,7 @@ from ..viz import new_figure, save_figure
 from .data import IndexStream, check_batch, check_images_fit, load_images
 from .engine import train_task
 from .runtime import stderr_log
-from .task import Callback, Env, Networks, Task, TrainResult, Update
+from .task import Callback, Env, Networks, Task, TrainResult, Update, resumable
 
 ACCURACY_JSON = "accuracy.json"
 ACCURACY_MD = "accuracy.md"
@@ -179,11 +179,8 @@ class ClassifierTask(Task):
 
     def check_resume(self, path: Path) -> Path:
         ckpt = classifier_checkpoint(path)
-        saved = load_classifier_config(ckpt / CLASSIFIER_CONFIG_NAME)
-        if saved.model != self.config.model or saved.diffusion != self.config.diffusion:
-            raise ConfigError(f"cannot resume {ckpt}: its model/diffusion config differs from the one given "
-                              "(only data/train settings may change on resume)")
-        return ckpt
+        return resumable(ckpt, load_classifier_config(ckpt / CLASSIFIER_CONFIG_NAME), self.config,
+                         ("model", "diffusion"), "data/train")
 
     def _load(self, split: str, log):
         ds = load_images(self.config.data, log, split=split, labels_from_folders=self.config.data.dataset == "folder")

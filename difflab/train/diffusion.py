@@ -40,7 +40,7 @@ from .engine import train_task
 from .evaluation import Evaluation
 from .heldout import HeldoutData, SplitWriter, heldout_data
 from .runtime import stderr_log
-from .task import Callback, Env, Networks, Task, TrainResult, Update
+from .task import Callback, Env, Networks, Task, TrainResult, Update, resumable
 
 
 @dataclass
@@ -100,11 +100,8 @@ class DiffusionTask(Task):
 
     def check_resume(self, path: Path) -> Path:
         ckpt = resolve_checkpoint(path)
-        saved, c = load_checkpoint_config(ckpt), self.config
-        if saved.model != c.model or saved.diffusion != c.diffusion or saved.cond != c.cond:
-            raise ConfigError(f"cannot resume {ckpt}: its model/diffusion config differs from the one given (or its "
-                              "cond section does; only data/train/sample settings may change on resume)")
-        return ckpt
+        return resumable(ckpt, load_checkpoint_config(ckpt), self.config, ("model", "diffusion", "cond"),
+                         "data/train/sample")
 
     def setup(self, env: Env) -> None:
         cfg = self.config

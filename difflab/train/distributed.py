@@ -45,6 +45,12 @@ def init_distributed(device_type: str) -> tuple[DistInfo, bool]:
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     backend = "nccl" if device_type == "cuda" else "gloo"
+    # torch.distributed.nn.functional binds ``group=group.WORLD`` as default arguments when it is first
+    # imported, and the first optimiser imports it (through torch._dynamo). Imported after the group
+    # exists, it holds the group for good: destroy_process_group then cannot free it, its worker threads
+    # outlive the interpreter, and a process can abort at exit ("terminate called without an active
+    # exception") while a worker drops its last collective. Imported first, it binds nothing.
+    import torch.distributed.nn  # noqa: F401
     dist.init_process_group(backend=backend)
     return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size()), True
 

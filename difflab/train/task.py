@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..config import RunSpec
+from ..config import ConfigError, RunSpec
 from . import distributed as D
 from .data import IndexStream
 from .ema import EMA
@@ -79,6 +79,16 @@ class TrainResult:
     last_loss: float | None = None
     skipped_steps: int = 0
     tensorboard: Path | None = None  # the TensorBoard event files' folder, when they were written
+
+
+def resumable(ckpt: Path, saved: RunSpec, given: RunSpec, fixed: tuple[str, ...], may_change: str) -> Path:
+    """``ckpt`` when the ``fixed`` sections of its saved config equal those of the ``given`` one (a
+    run resumes with its network and chain); a ConfigError naming the sections that differ otherwise."""
+    differ = [name for name in fixed if getattr(saved, name) != getattr(given, name)]
+    if differ:
+        raise ConfigError(f"cannot resume {ckpt}: its {'/'.join(differ)} config differs from the one given "
+                          f"(only {may_change} settings may change on resume)")
+    return ckpt
 
 
 class Task:

@@ -202,8 +202,8 @@ ROWS = [
     # disagreements with the checkpoint
     ("architecture vs weights", architecture_mismatch, 1, "does not match the model config: shape mismatches"),
     ("resume: image size", resume_with("model.image_size=16", "model.attention_resolutions=[8]"), 2,
-     "its model/diffusion config differs"),
-    ("resume: channels", resume_with("model.in_channels=3"), 2, "its model/diffusion config differs"),
+     "its model config differs"),
+    ("resume: channels", resume_with("model.in_channels=3"), 2, "its model config differs"),
     ("resume: data channels", resume_with("data.channels=3"), 2, "data.channels=3 differs from model.in_channels=1"),
     ("resume: data image size", resume_with("data.image_size=16"), 2,
      "data.image_size=16 differs from model.image_size=8"),

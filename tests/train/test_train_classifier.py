@@ -68,7 +68,7 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         train_classifier(tiny("train.steps=4"), tmp_path / "a", **QUIET)
-    with pytest.raises(ConfigError, match="model/diffusion config differs"):
+    with pytest.raises(ConfigError, match="its diffusion config differs"):
         train_classifier(tiny("train.steps=6", "diffusion.num_timesteps=50"), tmp_path / "a", resume=True, **QUIET)
 
 

@@ -72,3 +72,46 @@ def test_max_over_ranks_without_ddp_returns_the_values():
 def test_replica_check_is_a_no_op_without_ddp():
     check_replicas_in_sync(torch.nn.Linear(2, 2), DistInfo(), torch.device("cpu"))
     assert DistInfo().is_main and not DistInfo().enabled and DistInfo(rank=1, world_size=2).enabled
+
+
+_RELEASE_SCRIPT = """
+import os, sys
+import torch
+from difflab.train import distributed as D
+from torch.distributed.distributed_c10d import _get_default_group
+
+before = len(os.listdir("/proc/self/task"))
+info, created = D.init_distributed("cpu")
+group = _get_default_group()
+torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())    # what every task builds: it imports torch._dynamo
+t = torch.ones(2)
+D.gather_tensors(t, info)
+D.cleanup(created)
+refs = sys.getrefcount(group) - 1      # this script's own reference only, if nothing else holds the group
+del group
+sys.stdout.write(f"refs {refs} threads {len(os.listdir('/proc/self/task')) - before}\\n")
+sys.stdout.flush()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()) or not Path("/proc/self/task").is_dir(),
+                    reason="needs torch.distributed + gloo, and Linux's /proc")
+def test_the_process_group_is_freed_at_the_end_of_a_run(tmp_path):
+    """A group that outlives destroy_process_group keeps its worker threads into interpreter shutdown,
+    where a worker dropping its last collective aborts the process (SIGABRT, seen under load): after
+    cleanup nothing may hold the group (the optimiser's first import of torch._dynamo used to bind it
+    as a default argument of torch.distributed.nn.functional) and its threads are gone."""
+    script = tmp_path / "release.py"
+    script.write_text(_RELEASE_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "--master_port=29531", str(script)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("refs")]
+    assert len(rows) == 2, proc.stdout
+    for row in rows:
+        assert int(row[1]) == 1, f"something still holds the process group after cleanup: {row}"
+        assert int(row[3]) <= 1, f"the group's worker threads outlived it: {row}"

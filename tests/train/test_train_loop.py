@@ -132,7 +132,7 @@ def test_refuses_to_overwrite_a_run_and_checks_resume_config(tmp_path):
     train(cfg, tmp_path / "run", **QUIET)
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         train(cfg, tmp_path / "run", **QUIET)
-    with pytest.raises(ConfigError, match="model/diffusion config differs"):
+    with pytest.raises(ConfigError, match="its model config differs"):
         train(resolve_config(base=cfg, overrides=["model.model_channels=16"]), tmp_path / "run", resume=True, **QUIET)
     with pytest.raises(CheckpointError, match="does not exist"):
         train(cfg, tmp_path / "nothing-here", resume=True, **QUIET)
