@@ -20,11 +20,24 @@ The recipes:
   steps then a half-cosine decay that reaches 0 at the end of the time budget,
   gradient-norm clipping at 1, batch 64, MSE on the noise, no EMA; sampled with 50 DDIM steps
   (``DDIMScheduler`` built from the training scheduler's config, eta 0).
+- ``diffusers-best``: the peer at its best, i.e. mnist-fast's recipe assembled from diffusers' own
+  parts: ``UNet2DModel`` with mnist-fast's shape (32/64/64 channels, one ResNet block per level,
+  no attention, 8 norm groups) and ``num_class_embeds=11`` (10 classes and a null class, labels
+  dropped to it 10% of the time); ``DDPMScheduler`` on the cosine schedule (``squaredcos_cap_v2``)
+  with ``prediction_type="v_prediction"``; MSE on ``get_velocity`` weighted by min-SNR-5 in the
+  loop (``compute_snr``, ``min(snr, 5) / (snr + 1)`` as diffusers' training scripts do for
+  v-prediction); AdamW lr 2e-3 with 100 warm-up steps then constant, clipping at 1, batch 64;
+  ``EMAModel`` (decay 0.999 with its warm-up, inv_gamma 1, power 3/4: its example's settings).
+  Sampled from the EMA weights with ``DDIMScheduler`` 25 steps, eta 1, "trailing" spacing (the one
+  its docs recommend for few steps) and classifier-free guidance w = 0.25 on the v output
+  ((1 + w) cond - w uncond): 50 NFE, as mnist-fast.
 
     .venv/bin/python benchmarks/quality_vs_time.py --minutes 25 --every 5 --out runs/quality-vs-time
 
-``--parallel`` trains both recipes at the same time with one thread each (each gets half the
-machine); the default trains them one after the other with every thread. Writes the
+``--recipes`` chooses which recipes to train (default: all three); ``--parallel`` trains the chosen
+recipes at the same time with one thread each (on 2 cores, choose two); the default trains them one
+after the other with every thread. ``--earlier FILE`` adds the rows of recipes not measured in this run
+from an earlier run's ``quality_vs_time.json`` (marked as such in the table). Writes the
 "## Quality vs training time (MNIST)" section of benchmarks/RESULTS.md, a plot and the final
 sample grids in benchmarks/artifacts/.
 """
@@ -139,7 +152,110 @@ def sample_diffusers(state_path: Path, n: int, seed: int, batch: int, steps: int
     return torch.cat(outs).clamp(-1, 1)
 
 
-# ----------------------------------------------------------------------------- training both recipes
+# ----------------------------------------------------------------------------- diffusers at its best
+NULL_CLASS, BEST_W, BEST_STEPS = 10, 0.25, 25
+
+
+def diffusers_best_unet():
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=28, in_channels=1, out_channels=1, layers_per_block=1,
+                       block_out_channels=(32, 64, 64), norm_num_groups=8, add_attention=False, dropout=0.0,
+                       down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
+                       num_class_embeds=NULL_CLASS + 1)
+
+
+def best_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+
+
+def train_diffusers_best(out: Path, data_root: str, minutes: float, every: float, seed: int) -> None:
+    """mnist-fast's recipe from diffusers' parts (module docstring), stopped by training time; the EMA
+    weights saved every ``every`` minutes."""
+    from diffusers.training_utils import EMAModel, compute_snr
+
+    from difflab.data import load_dataset
+
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset("mnist", root=data_root, split="train")
+    images, labels = data.to_float(), data.labels
+    model, sched = diffusers_best_unet(), best_scheduler()
+    ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+
+    def step_once(step: int) -> float:
+        idx = torch.randint(0, len(images), (DIFFUSERS_BATCH,), generator=gen)
+        x_0, y = images[idx], labels[idx].clone()
+        y[torch.rand(len(y), generator=gen) < 0.1] = NULL_CLASS
+        noise = torch.randn(x_0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (DIFFUSERS_BATCH,), generator=gen)
+        pred = model(sched.add_noise(x_0, noise, t), t, class_labels=y, return_dict=False)[0]
+        snr = compute_snr(sched, t)
+        weight = torch.clamp(snr, max=5.0) / (snr + 1)
+        loss = (weight * ((pred - sched.get_velocity(x_0, noise, t)) ** 2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in opt.param_groups:      # get_constant_schedule_with_warmup(100)
+            group["lr"] = 2e-3 * min(1.0, (step + 1) / 100)
+        opt.step()
+        ema.step(model.parameters())
+        return loss.item()
+
+    def save(m: float) -> None:
+        shadow = diffusers_best_unet()
+        ema.copy_to(shadow.parameters())
+        torch.save(shadow.state_dict(), out / f"min_{m:05.1f}.pt")
+
+    print(f"diffusers-best recipe: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+    model.train()
+    train_s, step, mark, losses = 0.0, 0, every * 60, []
+    while train_s < minutes * 60:
+        t0 = time.perf_counter()
+        losses.append(step_once(step))
+        train_s += time.perf_counter() - t0
+        step += 1
+        if train_s >= mark or train_s >= minutes * 60:
+            m = round(min(train_s, minutes * 60) / 60 / every) * every
+            save(m)
+            (out / f"min_{m:05.1f}.json").write_text(json.dumps(
+                {"minutes": m, "step": step, "train_seconds": train_s, "loss": sum(losses[-50:]) / len(losses[-50:]),
+                 "images_per_s": step * DIFFUSERS_BATCH / train_s}))
+            print(f"diffusers-best recipe: {train_s / 60:.2f} min, step {step}, loss {losses[-1]:.4f}", flush=True)
+            mark += every * 60
+
+
+@torch.no_grad()
+def sample_diffusers_best(state_path: Path, n: int, seed: int, batch: int) -> torch.Tensor:
+    """Classes 0..9 in turn, classifier-free guidance w on the v output, DDIM eta 1 on a trailing grid."""
+    from diffusers import DDIMScheduler
+
+    from difflab.rng import per_sample_generators, randn
+
+    model = diffusers_best_unet()
+    model.load_state_dict(torch.load(state_path, weights_only=True))
+    model.eval()
+    ddim = DDIMScheduler.from_config(best_scheduler().config, timestep_spacing="trailing")
+    outs = []
+    for start in range(0, n, batch):
+        ids = list(range(start, min(start + batch, n)))
+        x = randn((len(ids), 1, 28, 28), per_sample_generators([seed * 2**20 + i for i in ids]))
+        y = torch.tensor([i % 10 for i in ids])
+        both = torch.cat([y, torch.full_like(y, NULL_CLASS)])
+        noise_gen = torch.Generator().manual_seed(seed * 2**20 + start)
+        ddim.set_timesteps(BEST_STEPS)
+        for t in ddim.timesteps:
+            v_c, v_u = model(torch.cat([x, x]), t, class_labels=both, return_dict=False)[0].chunk(2)
+            x = ddim.step((1 + BEST_W) * v_c - BEST_W * v_u, t, x, eta=1.0, generator=noise_gen).prev_sample
+        outs.append(x)
+    return torch.cat(outs).clamp(-1, 1)
+
+
+# ----------------------------------------------------------------------------- training the recipes
 def launch(recipe: str, args, threads: int) -> subprocess.Popen:
     out = Path(args.out) / recipe
     if recipe == "difflab":
@@ -150,7 +266,7 @@ def launch(recipe: str, args, threads: int) -> subprocess.Popen:
                f"train.keep_checkpoints={int(math.ceil(args.minutes / args.every)) + 2}", "train.checkpoint_every=100000000",
                f"train.seed={args.seed}"]
     else:
-        cmd = [sys.executable, __file__, "--_train-diffusers", str(out), "--data-root", args.data_root,
+        cmd = [sys.executable, __file__, "--_train-" + recipe, str(out), "--data-root", args.data_root,
                "--minutes", str(args.minutes), "--every", str(args.every), "--seed", str(args.seed),
                "--threads", str(threads)]
     return child(cmd, Path(args.out) / f"{recipe}.log", threads)
@@ -160,8 +276,8 @@ def train_all(args) -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "mode.json").write_text(json.dumps({"parallel": args.parallel,
                                                           "threads": 1 if args.parallel else args.threads
-                                                          or os.cpu_count()}))
-    recipes = ("difflab", "diffusers")
+                                                          or os.cpu_count(), "recipes": args.recipes}))
+    recipes = args.recipes
     if args.parallel:
         procs = [launch(r, args, 1) for r in recipes]
     else:
@@ -176,8 +292,9 @@ def train_all(args) -> None:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def points(out: Path, recipe: str, every: float) -> list[tuple[float, Path, dict]]:
-    """(training minutes, checkpoint, info) of every saved point of a recipe."""
+def points(out: Path, recipe: str, every: float, marks_wanted: list[float] | None = None
+           ) -> list[tuple[float, Path, dict]]:
+    """(training minutes, checkpoint, info) of every saved point of a recipe (of those at ``marks_wanted``)."""
     found = []
     if recipe == "difflab":
         from difflab.runs import list_checkpoints, load_training_state
@@ -195,7 +312,7 @@ def points(out: Path, recipe: str, every: float) -> list[tuple[float, Path, dict
             info = json.loads(meta.read_text())
             found.append((info["minutes"], meta.with_suffix(".pt"), {"step": info["step"],
                                                                      "minutes": info["train_seconds"] / 60}))
-    found = [p for p in found if p[0] > 0]
+    found = [p for p in found if p[0] > 0 and (not marks_wanted or any(abs(p[0] - m) < 1e-9 for m in marks_wanted))]
     return sorted({p[0]: p for p in found}.values(), key=lambda p: p[0])   # one point per mark
 
 
@@ -232,14 +349,18 @@ def evaluate_recipe(args, recipe: str) -> list[dict]:
     g = torch.Generator().manual_seed(args.seed)
     floor = fd_of(feat, ref, train.to_float()[torch.randperm(len(train), generator=g)[:args.n]])
     print(f"floor: {args.n} training images vs test: FD {floor:.3f}", flush=True)
-    rows, saved = [], points(out, recipe, args.every)
+    rows, saved = [], points(out, recipe, args.every, args.eval_marks)
     for minutes, path, info in saved:
         t0 = time.perf_counter()
         if recipe == "difflab":
             images, nfe, how = sample_difflab(load_run(path), args.n, args.seed, args.batch, args.difflab_steps,
                                               args.difflab_guidance)
-        else:
+        elif recipe == "diffusers":
             images, nfe, how = sample_diffusers(path, args.n, args.seed, args.batch), 50, "DDIMScheduler 50 steps"
+        else:
+            images, nfe = sample_diffusers_best(path, args.n, args.seed, args.batch), 2 * BEST_STEPS
+            how = (f"DDIMScheduler {BEST_STEPS} steps, eta 1, trailing, classes cycling 0..9, "
+                   f"classifier-free guidance w={BEST_W:g}")
         fd = fd_of(feat, ref, images)
         rows.append(dict(recipe=recipe, minutes=minutes, train_minutes=info["minutes"], step=info["step"],
                          fd=fd, floor=floor, nfe=nfe, sampler=how, eval_seconds=time.perf_counter() - t0))
@@ -261,13 +382,15 @@ def evaluate_recipe(args, recipe: str) -> list[dict]:
 
 
 def evaluate_all(args) -> list[dict]:
-    """Both recipes' points, evaluated in two processes at once (one thread each) with --parallel."""
-    recipes = ("difflab", "diffusers")
+    """The recipes' points, evaluated in one process each at once (one thread each) with --parallel;
+    with ``--earlier``, the rows of recipes not measured here come from an earlier run's file."""
+    recipes = args.recipes
     if args.parallel:
         common = ["--out", args.out, "--data-root", args.data_root, "--every", str(args.every), "--n", str(args.n),
                   *(["--difflab-steps", str(args.difflab_steps)] if args.difflab_steps else []),
                   *(["--difflab-guidance", args.difflab_guidance] if args.difflab_guidance else []),
                   "--final-n", str(args.final_n),
+                  *(["--eval-marks", *map(str, args.eval_marks)] if args.eval_marks else []),
                   "--batch", str(args.batch), "--seed", str(args.seed), "--threads", "1"]
         procs = [child([sys.executable, __file__, "--_eval-recipe", r, *common], Path(args.out) / f"{r}.eval.log")
                  for r in recipes]
@@ -277,38 +400,58 @@ def evaluate_all(args) -> list[dict]:
         rows = [row for r in recipes for row in json.loads((Path(args.out) / f"{r}.eval.json").read_text())]
     else:
         rows = [row for r in recipes for row in evaluate_recipe(args, r)]
+    if args.earlier:
+        rows += [dict(row, earlier=str(args.earlier)) for row in json.loads(Path(args.earlier).read_text())
+                 if row["recipe"].removesuffix("-final") not in recipes]
     (ARTIFACTS / "quality_vs_time.json").write_text(json.dumps(rows, indent=1))
     return rows
+
+
+LABELS = {"difflab": "difflab {preset}", "diffusers": "diffusers tutorial recipe",
+          "diffusers-best": "diffusers at its best (mnist-fast's recipe)"}
 
 
 def report(rows: list[dict], args, argv: list[str]) -> str:
     from difflab.viz import new_figure, save_figure
 
-    floor = rows[0]["floor"]
+    final = next((r for r in rows if r["recipe"] == "difflab-final"), None)
+    rows = [r for r in rows if r["recipe"] != "difflab-final"]
+    floor = next(r["floor"] for r in rows if not r.get("earlier"))
     by = {(r["recipe"], r["minutes"]): r for r in rows}
+    recipes = [r for r in LABELS if any(row["recipe"] == r for row in rows)]
+    peers = [r for r in recipes if r != "difflab"]
+    label = {r: LABELS[r].format(preset=args.preset) for r in recipes}
     marks = sorted({r["minutes"] for r in rows})
     how = json.loads((Path(args.out) / "mode.json").read_text())
-    mode = ("both recipes at the same time, one thread each (each had half of the machine)" if how["parallel"]
-            else f"one recipe after the other, {how['threads']} threads each")
+    mode = (f"the recipes at the same time, one thread each ({', '.join(how.get('recipes', ['difflab', 'diffusers']))})"
+            if how["parallel"] else f"one recipe after the other, {how['threads']} thread(s) each")
+    earlier = sorted({r["earlier"] for r in rows if r.get("earlier")})
     lines = [HEADING, "", f"Command: `python benchmarks/quality_vs_time.py {' '.join(argv)}`", "",
              f"MNIST, {args.minutes:g} minutes of training wall-clock per recipe on this machine ({mode}); "
              f"every {args.every:g} minutes of training time the weights are saved and later evaluated: {args.n} "
              f"samples (sample i seeded {args.seed} * 2^20 + i), Frechet distance to the 10k test split in the feature "
              "space of difflab's clean evaluation classifier (`eval-classifier-mnist`, 99.55% test accuracy). "
              f"Floor: {args.n} real training images against the test split: FD **{floor:.3f}**.", "",
+             *([f"Rows of {', '.join(sorted({r['recipe'] for r in rows if r.get('earlier')}))} come from an earlier "
+                f"run of this benchmark ({', '.join(earlier)}): same machine, same settings, evaluated the same way.",
+                ""] if earlier else []),
              *(["difflab's `mnist-fast` is class-conditional: it trains on the labels (dropped to the null class 10% "
                 "of the time) and its samples request the classes 0..9 in turn, with classifier-free guidance; the "
-                "diffusers recipe is unconditional, as its tutorial is. The unconditional difflab recipe "
-                "(`mnist-fast-uncond`) was measured first: next section.", ""] if args.preset == "mnist-fast" else []),
-             f"| training minutes | difflab {args.preset}: step | FD | FD / floor | diffusers recipe: step | FD | FD / floor "
-             "| difflab / diffusers |", "|---|---|---|---|---|---|---|---|"]
+                "diffusers tutorial recipe is unconditional, as its tutorial is; the diffusers recipe at its best is "
+                "mnist-fast's recipe built from diffusers' parts (module docstring of the benchmark).", ""]
+               if args.preset == "mnist-fast" else []),
+             "| training minutes | " + " | ".join(f"{label[r]}: step | FD | FD / floor" for r in recipes)
+             + "".join(f" | difflab / {r}" for r in peers if "difflab" in recipes) + " |",
+             "|---" * (1 + 3 * len(recipes) + (len(peers) if "difflab" in recipes else 0)) + "|"]
     for m in marks:
-        a, b = by.get(("difflab", m)), by.get(("diffusers", m))
         cells = [f"{m:g}"]
-        for r in (a, b):
+        for rec in recipes:
+            r = by.get((rec, m))
             cells += ([str(r["step"]) + (" *" if r.get("replayed") else ""), f"{r['fd']:.2f}",
-                       f"{r['fd'] / floor:.2f}x"] if r else ["-", "-", "-"])
-        cells.append(f"{a['fd'] / b['fd']:.2f}" if a and b else "-")
+                       f"{r['fd'] / r['floor']:.2f}x"] if r else ["-", "-", "-"])
+        if "difflab" in recipes:
+            a = by.get(("difflab", m))
+            cells += [f"{a['fd'] / b['fd']:.2f}" if a and b else "-" for b in (by.get((p, m)) for p in peers)]
         lines.append("| " + " | ".join(cells) + " |")
     if any(r.get("replayed") for r in rows):
         lines += ["", "\\* This checkpoint was pruned during the run (train.keep_checkpoints counted the step-based "
@@ -316,39 +459,40 @@ def report(rows: list[dict], args, argv: list[str]) -> str:
                   "replaying the same seed to the same step on one thread (a replay to step 500 gave weights "
                   "bit-identical to the run's own step-500 checkpoint); the step is the first whose logged training "
                   "time passes the mark, interpolated between the logged steps."]
-    final = next((r for r in rows if r["recipe"] == "difflab-final"), None)
-    rows = [r for r in rows if r["recipe"] != "difflab-final"]
-    ours_rows = [r for r in rows if r["recipe"] == "difflab"]
-    peer_rows = [r for r in rows if r["recipe"] == "diffusers"]
-    half = all(by[("difflab", m)]["fd"] <= 0.5 * by[("diffusers", m)]["fd"] for m in marks
-               if ("difflab", m) in by and ("diffusers", m) in by)
-    last = final or (ours_rows[-1] if ours_rows else None)
-    lines += ["", f"Samplers: difflab {ours_rows[0]['sampler'] if ours_rows else '-'} ({ours_rows[0]['nfe'] if ours_rows else '-'} NFE, EMA weights); "
-                  f"diffusers {peer_rows[0]['sampler'] if peer_rows else '-'} (50 NFE). NFE: network evaluations "
-                  "per sample; a classifier-free guided step counts two.", "",
-              f"Targets: difflab at most half of the diffusers recipe's distance at every point: "
-              f"{'met' if half else 'NOT met'}; at most 3x the floor by {args.minutes:g} minutes "
-              f"({last.get('n', args.n) if last else '-'} samples): "
-              + (f"FD {last['fd']:.2f} against a floor of {last['floor']:.2f} = {last['fd'] / last['floor']:.2f}x, "
-                 f"{'met' if last['fd'] <= 3 * last['floor'] else 'NOT met'}" if last else "-")
-              + ".", ""]
+    first = {rec: next(r for r in rows if r["recipe"] == rec) for rec in recipes}
+    lines += ["", "Samplers: " + "; ".join(f"{label[rec]}: {first[rec]['sampler']} ({first[rec]['nfe']} NFE)"
+                                           for rec in recipes)
+              + ". NFE: network evaluations per sample; a classifier-free guided step counts two.", ""]
+    ours = [r for r in rows if r["recipe"] == "difflab"]
+    targets = []
+    if ours and "diffusers" in recipes:
+        half = all(by[("difflab", m)]["fd"] <= 0.5 * by[("diffusers", m)]["fd"] for m in marks
+                   if ("difflab", m) in by and ("diffusers", m) in by)
+        targets.append(f"difflab at most half of the diffusers tutorial recipe's distance at every point: "
+                       f"{'met' if half else 'NOT met'}")
+    for limit, at in ((3.0, 10.0), (1.5, 25.0), (3.0, 25.0)):
+        r = (final if final and abs(final["minutes"] - at) < 1e-9 else by.get(("difflab", at)))
+        if r:
+            targets.append(f"difflab at most {limit:g}x the floor after {at:g} minutes ({r.get('n', args.n)} samples): "
+                           f"FD {r['fd']:.2f} against a floor of {r['floor']:.2f} = {r['fd'] / r['floor']:.2f}x, "
+                           f"{'met' if r['fd'] <= limit * r['floor'] else 'NOT met'}")
+    lines += ["Targets: " + "; ".join(targets) + ".", ""] if targets else []
     plot = ARTIFACTS / "quality_vs_time.png"
     fig = new_figure((6.5, 4.2))
     ax = fig.add_subplot(1, 1, 1)
-    for recipe, label in (("difflab", f"difflab {args.preset}"), ("diffusers", "diffusers recipe")):
-        rs = [r for r in rows if r["recipe"] == recipe]
-        ax.plot([r["minutes"] for r in rs], [r["fd"] for r in rs], marker="o", label=label)
-    ax.axhline(floor, color="gray", linestyle="--", label="floor (1k real train vs test)")
-    ax.axhline(3 * floor, color="gray", linestyle=":", label="3x floor (target)")
+    for rec in recipes:
+        rs = [r for r in rows if r["recipe"] == rec]
+        ax.plot([r["minutes"] for r in rs], [r["fd"] for r in rs], marker="o", label=label[rec])
+    ax.axhline(floor, color="gray", linestyle="--", label=f"floor ({args.n} real train vs test)")
+    ax.axhline(3 * floor, color="gray", linestyle=":", label="3x floor")
     ax.set_yscale("log")
     ax.set_xlabel("training wall-clock (minutes)")
     ax.set_ylabel("Frechet distance to test split")
     ax.legend(fontsize=8)
     save_figure(fig, plot)
     lines += [f"![quality vs time]({plot.relative_to(RESULTS.parent).as_posix()})", "",
-              f"Final samples (first 64 of the evaluated samples), difflab {args.preset} and the diffusers recipe:", "",
-              "![difflab](artifacts/quality_vs_time_difflab_samples.png) "
-              "![diffusers](artifacts/quality_vs_time_diffusers_samples.png)", ""]
+              "Final samples (first 64 of the evaluated samples): " + ", ".join(label[r] for r in recipes) + ":", "",
+              " ".join(f"![{r}](artifacts/quality_vs_time_{r}_samples.png)" for r in recipes), ""]
     return "\n".join(lines)
 
 
@@ -374,13 +518,23 @@ def main(argv=None):
                     help="classifier-free guidance weight w for difflab, or 'none' (default: the run's)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the RESULTS.md section from benchmarks/artifacts/quality_vs_time.json")
+    ap.add_argument("--eval-marks", nargs="+", type=float, default=None,
+                    help="evaluate only the points saved at these training minutes (default: every point)")
+    ap.add_argument("--recipes", nargs="+", choices=tuple(LABELS), default=list(LABELS),
+                    help="the recipes to train and evaluate (default: all three)")
+    ap.add_argument("--earlier", default=None, help="an earlier run's quality_vs_time.json: its rows of the "
+                                                    "recipes not measured here join the table")
     ap.add_argument("--_train-diffusers", dest="train_diffusers", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_train-diffusers-best", dest="train_diffusers_best", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_eval-recipe", dest="eval_recipe", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.train_diffusers:
         train_diffusers(Path(args.train_diffusers), args.data_root, args.minutes, args.every, args.seed)
+        return
+    if args.train_diffusers_best:
+        train_diffusers_best(Path(args.train_diffusers_best), args.data_root, args.minutes, args.every, args.seed)
         return
     if args.eval_recipe:
         evaluate_recipe(args, args.eval_recipe)

@@ -62,6 +62,8 @@ def classifier_layer_from_run(run: RunConfig) -> dict[str, Any]:
              "model": {"image_size": m.image_size, "in_channels": m.in_channels},
              "data": {"dataset": data.dataset, "root": data.root, "image_size": data.image_size,
                       "channels": data.channels}}
+    if data.dataset == "folder":     # the same held-out images (the split is a rule per image path)
+        layer["data"].update(holdout_fraction=data.holdout_fraction, holdout_seed=data.holdout_seed)
     if m.num_classes is not None:
         layer["model"]["num_classes"] = m.num_classes
     return layer

@@ -30,6 +30,7 @@ Layout of a classifier run folder::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import textwrap
@@ -50,6 +51,7 @@ from ..runs import (CLASSIFIER_CONFIG_NAME, classifier_checkpoint, load_checkpoi
 from ..viz import new_figure, save_figure
 from .data import IndexStream, check_batch, check_images_fit, load_images
 from .engine import train_task
+from .heldout import SplitWriter, run_split, split_path
 from .runtime import stderr_log
 from .task import Callback, Env, Networks, Task, TrainResult, Update, resumable
 
@@ -190,6 +192,8 @@ class ClassifierTask(Task):
     def setup(self, env: Env) -> None:
         cfg = self.config
         ds = self.dataset if self.dataset is not None else self._load(cfg.data.split, env.log)
+        if self.dataset is not None:
+            check_images_fit(ds, cfg.model, labels_needed_by="a classifier needs labels")
         check_batch(len(ds), ds, cfg.train.batch_size)
         self.images, self.labels = ds.images.to(env.device), ds.labels.to(env.device)
         self.hflip = ds.hflip if cfg.data.hflip is None else cfg.data.hflip
@@ -288,7 +292,23 @@ def train_classifier(config: ClassifierRunConfig, run_dir: str | os.PathLike, *,
                      ) -> ClassifierTrainResult:
     """Train the noise-aware classifier of ``config`` into ``run_dir`` (``resume=True``: from its latest
     checkpoint); at the end, report held-out accuracy per noise level. ``dataset`` / ``eval_dataset``:
-    ImageDatasets to use instead of loading ``config.data`` (train split / ``train.eval_split``)."""
+    ImageDatasets to use instead of loading ``config.data`` (train split / ``train.eval_split``).
+
+    A folder with ``data.holdout_fraction > 0`` trains on the training side of its held-out split and
+    measures its accuracy on the held-out side (RUN_DIR/split.json, kept on resume, as a diffusion run
+    does). ``--diffusion-from`` copies the diffusion run's fraction and seed, and the split is a rule
+    per image path, so the classifier holds out exactly the images its diffusion run held out."""
+    callbacks = list(callbacks)
+    found = run_split(config.data, run_dir, bool(resume)) if dataset is None else None
+    if found is not None:
+        folder, split = found
+        log(f"held-out split: {len(split.heldout)} of {len(split.train) + len(split.heldout)} images of {folder} "
+            f"({split.fraction:g}, seed {split.seed}) are never trained on; list in {split_path(run_dir)}")
+        dataset = load_images(config.data, log, files=split.train, labels_from_folders=True)
+        if eval_dataset is None:
+            eval_dataset = dataclasses.replace(load_images(config.data, log, files=split.heldout,
+                                                           labels_from_folders=True), split="held-out")
+        callbacks.append(SplitWriter(split))
     return train_task(ClassifierTask(config, dataset, eval_dataset), run_dir, resume=resume, progress=progress,
                       log=log, callbacks=callbacks)
 

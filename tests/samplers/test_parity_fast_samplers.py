@@ -19,8 +19,8 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, HeunDiscreteScheduler
 
+from _mixture_moments import MIXTURE, N_SAMPLES, moments_ok
 from difflab.diffusion import GaussianDiffusion
-from difflab.exact import GaussianMixture
 from difflab.samplers import ddim_sample, dpm_solver_pp_sample, heun_sample
 from difflab.samplers.sigmas import karras_sigmas, sigma_to_timestep
 from difflab.schedules import make_betas
@@ -238,25 +238,6 @@ def test_heun_linspace_differs_from_diffusers_by_design():
 
 
 # ------------------------------------------------------------------------------ exact-model quality
-MIXTURE = GaussianMixture(means=[[-1.5, 0.5], [1.0, -0.5], [0.5, 1.5]], covs=[0.10, 0.20, 0.05],
-                          weights=[0.5, 0.3, 0.2])
-N_SAMPLES = 3000
-
-
-def _moments_ok(x):
-    """Sample mean and covariance within 5 standard errors of the data's."""
-    n = x.shape[0]
-    mean, cov = MIXTURE.mean(), MIXTURE.covariance()
-    d = torch.diagonal(cov)
-    mean_err = (x.mean(0) - mean).abs() / torch.sqrt(d / n)
-    sample_cov = torch.cov(x.T)
-    # standard error of a sample covariance entry, Gaussian approximation, doubled for the
-    # mixture's heavier tails
-    cov_se = 2 * torch.sqrt((torch.outer(d, d) + cov**2) / n)
-    cov_err = (sample_cov - cov).abs() / cov_se
-    return bool((mean_err < 5).all() and (cov_err < 5).all()), mean_err, cov_err
-
-
 def continuous_eps_model(diffusion):
     """The exact eps at a fractional timestep: t -> sigma by linear interpolation of log sigma
     between training timesteps (the inverse of ``sigma_to_timestep``), then the mixture's score."""
@@ -287,7 +268,7 @@ def dpm_20(exact_setup):
 
 def test_dpm_solver_reproduces_mixture_moments_at_20_nfe(dpm_20):
     assert dpm_20.nfe == 20
-    ok, mean_err, cov_err = _moments_ok(dpm_20.sample)
+    ok, mean_err, cov_err = moments_ok(dpm_20.sample)
     assert ok, (mean_err, cov_err)
 
 
@@ -295,7 +276,7 @@ def test_heun_reproduces_mixture_moments_at_19_nfe(exact_setup):
     diffusion, model, x_T = exact_setup
     out = heun_sample(model, diffusion, x_T, steps=10)
     assert out.nfe == 19
-    ok, mean_err, cov_err = _moments_ok(out.sample)
+    ok, mean_err, cov_err = moments_ok(out.sample)
     assert ok, (mean_err, cov_err)
 
 
@@ -307,7 +288,7 @@ def test_heun_karras_reproduces_mixture_moments_with_fractional_timesteps(exact_
     torch.testing.assert_close(model(x_T[:4], t), table_model(x_T[:4], t))
     out = heun_sample(model, diffusion, x_T, steps=20, sigma_schedule="karras")
     assert out.nfe == 39
-    ok, mean_err, cov_err = _moments_ok(out.sample)
+    ok, mean_err, cov_err = moments_ok(out.sample)
     assert ok, (mean_err, cov_err)
 
 
@@ -326,7 +307,7 @@ def test_moment_check_rejects_a_one_step_sampler(exact_setup):
     """The check has teeth: one DPM-Solver step returns E[x_0 | x_T], whose spread collapses."""
     diffusion, model, x_T = exact_setup
     out = dpm_solver_pp_sample(model, diffusion, x_T, steps=1)
-    assert not _moments_ok(out.sample)[0]
+    assert not moments_ok(out.sample)[0]
 
 
 def test_heun_sigma_max_caps_the_first_level():

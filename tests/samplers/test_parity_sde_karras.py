@@ -17,6 +17,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
+from _mixture_moments import MIXTURE, N_SAMPLES, moments_ok
 from difflab.diffusion import GaussianDiffusion
 from difflab.exact import GaussianMixture
 from difflab.rng import per_sample_generators
@@ -188,21 +189,6 @@ def test_karras_options_change_the_grid():
 
 
 # ------------------------------------------------------------------------------ exact-model quality
-MIXTURE = GaussianMixture(means=[[-1.5, 0.5], [1.0, -0.5], [0.5, 1.5]], covs=[0.10, 0.20, 0.05],
-                          weights=[0.5, 0.3, 0.2])
-N_SAMPLES = 3000
-
-
-def _moments_ok(x):
-    """Sample mean and covariance within 5 standard errors of the data's (doubled for the tails)."""
-    n = x.shape[0]
-    mean, cov = MIXTURE.mean(), MIXTURE.covariance()
-    d = torch.diagonal(cov)
-    mean_err = (x.mean(0) - mean).abs() / torch.sqrt(d / n)
-    cov_err = (torch.cov(x.T) - cov).abs() / (2 * torch.sqrt((torch.outer(d, d) + cov**2) / n))
-    return bool((mean_err < 5).all() and (cov_err < 5).all()), mean_err, cov_err
-
-
 @pytest.fixture(scope="module")
 def exact_setup():
     diffusion = _diffusion("eps", "cosine")
@@ -220,7 +206,7 @@ def test_sde_and_karras_reproduce_mixture_moments(exact_setup, sampler, steps, o
     diffusion, model, x_T = exact_setup
     out = sampler(model, diffusion, x_T, steps=steps, generator=per_sample_generators(range(N_SAMPLES)), **options)
     assert out.nfe == steps
-    ok, mean_err, cov_err = _moments_ok(out.sample)
+    ok, mean_err, cov_err = moments_ok(out.sample)
     assert ok, (mean_err, cov_err)
 
 

@@ -145,6 +145,35 @@ def test_held_out_images_never_reach_the_training_data_and_stay_out_on_resume(tm
     assert not served & {int(Path(p).stem) for p in resumed.heldout}
 
 
+def test_a_classifier_for_a_folder_run_never_trains_on_the_runs_held_out_images(tmp_path, capsys):
+    """``train-classifier --diffusion-from RUN`` holds out the images RUN held out (the classifier guides
+    RUN's samples, and its held-out accuracy is only honest on images neither network saw)."""
+    from difflab.train import train_classifier
+    from difflab.train.classifier import ACCURACY_JSON
+
+    root = tmp_path / "imgs"
+    write_folder(root, 48)
+    train(_tiny_folder_config(root, "train.steps=1"), tmp_path / "run", progress=False)
+    run_split = read_split(tmp_path / "run" / SPLIT_FILE)
+    code, out, err = run_cli(capsys, "train-classifier", "--preset", "tiny", "--diffusion-from", tmp_path / "run",
+                             "--out", tmp_path / "clf", "--steps", 1, "--no-progress", "--set", "train.num_threads=1",
+                             "train.batch_size=8", "train.eval_n=100")
+    assert code == 0, err
+    assert read_split(tmp_path / "clf" / SPLIT_FILE) == run_split
+    assert f"{len(run_split.train)} images" in err
+    acc = json.loads((tmp_path / "clf" / ACCURACY_JSON).read_text())
+    assert acc["split"] == "held-out" and acc["n"] == len(run_split.heldout)
+    # what the classifier task trains on: the training side only (and it stays so on resume)
+    spy = Spy()
+    cfg = yaml.safe_load((tmp_path / "clf" / "classifier.yaml").read_text())
+    from difflab.config import ClassifierRunConfig
+    clf_cfg = ClassifierRunConfig.from_dict({**cfg, "train": {**cfg["train"], "steps": 2}})
+    train_classifier(clf_cfg, tmp_path / "clf", resume=True, progress=False, log=lambda m: None, callbacks=[spy])
+    served = image_ids(spy.images.cpu())
+    assert served == {int(Path(p).stem) for p in run_split.train}
+    assert not served & {int(Path(p).stem) for p in run_split.heldout}
+
+
 def image_ids(images: torch.Tensor) -> set[int]:
     """The indices write_folder spelled into the images a task holds ([N, 3, H, W] uint8)."""
     return {int(img[0, 0, 0]) * 256 + int(img[1, 0, 0]) for img in images}
