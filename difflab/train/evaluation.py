@@ -2,7 +2,8 @@
 
 Every ``train.eval_every_minutes`` of training time (the clock checkpoints carry, so the schedule
 survives resume) and once at the end, :class:`Evaluation` draws ``train.eval_n`` samples from the
-EMA weights with the run's sample settings, measures Frechet distance and precision/recall against
+EMA weights with the run's sample settings (a class-conditional run asks for the classes in the
+training data's proportions: :func:`proportional_labels`), measures Frechet distance and precision/recall against
 the held-out images (:mod:`difflab.eval.reference`) and the denoising loss on them, and logs
 
 - a metrics row (``fd``, ``fd_floor``, ``fd_over_floor``, ``precision``, ``recall`` and their floors,
@@ -43,6 +44,23 @@ from ..sampling import sample_images, with_default_guidance
 from .heldout import HeldoutData
 from .metrics import plot_eval
 from .task import Callback, RunState, TrainResult
+
+
+def proportional_labels(train_labels: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` labels in the training data's class proportions, as exactly as ``n`` allows (largest
+    remainders), classes in turn. Not a random draw: in a classifier's feature space the class mix moves
+    the mean, and a multinomial draw of 500 labels moved the Frechet distance of one MNIST model from 27.6
+    (balanced) to 43.3."""
+    counts = torch.bincount(train_labels.long())
+    share = counts.double() * n / counts.sum()
+    take = share.floor().long()
+    rest = n - int(take.sum())
+    if rest:
+        take[torch.argsort(share - take, descending=True, stable=True)[:rest]] += 1
+    order = torch.cat([torch.full((int(c),), k) for k, c in enumerate(take.tolist())])
+    # interleave the classes (0, 1, 2, ..., 0, 1, ...) so that any prefix is mixed too
+    rank = torch.cat([torch.arange(int(c), dtype=torch.double) / max(int(c), 1) for c in take.tolist()])
+    return order[torch.argsort(rank, stable=True)]
 
 
 class Evaluation(Callback):
@@ -169,9 +187,7 @@ class Evaluation(Callback):
         m = cfg.model
         labels = None
         if m.num_classes is not None and self.train_labels is not None:
-            # the labels of n training images drawn at random: the data's class frequencies
-            pick = torch.randint(len(self.train_labels), (n,), generator=torch.Generator().manual_seed(1))
-            labels = self.train_labels[pick].clamp_max(m.num_classes - 1)
+            labels = proportional_labels(self.train_labels.clamp_max(m.num_classes - 1), n)
         out = sample_images(with_default_guidance(model, cfg), run.task.diffusion, cfg.sample,
                             shape=(m.in_channels, m.image_size, m.image_size), n=n, num_classes=m.num_classes,
                             labels=labels, device=run.env.device)

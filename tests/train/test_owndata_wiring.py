@@ -280,3 +280,17 @@ def test_readme_data_command_trains_and_eval_fd_uses_the_held_out_split(tmp_path
     assert f"the run's {len(split.heldout)} held-out images" in stdout
     assert f"heldout (n={len(split.heldout)})" in stdout
     assert json.loads(json.dumps(yaml.safe_load((out / "config.yaml").read_text())))["data"]["holdout_fraction"] == 0.1
+
+
+def test_evaluation_samples_ask_for_the_classes_in_the_datas_proportions():
+    """Not a random draw of labels: the class mix of the samples moves FD in a classifier's feature space
+    (a multinomial draw of 500 MNIST labels turned one model's FD of 27.6 into 43.3)."""
+    from difflab.train.evaluation import proportional_labels
+
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    assert torch.bincount(proportional_labels(labels, 7)).tolist() == [4, 2, 1]      # 3.5, 2.1, 1.4: largest rest
+    assert torch.bincount(proportional_labels(labels, 10)).tolist() == [5, 3, 2]
+    many = proportional_labels(torch.arange(60000) % 10, 500)
+    assert torch.bincount(many).tolist() == [50] * 10 and many[:10].tolist() == list(range(10))  # mixed from the start
+    skewed = proportional_labels(torch.tensor([3] * 9 + [1]), 100)
+    assert torch.bincount(skewed, minlength=4).tolist() == [0, 10, 0, 90]
