@@ -60,6 +60,15 @@ from _common import ARTIFACTS, MNIST_DIR, RESULTS, child, write_section  # noqa:
 from sampler_quality import evaluator, fd_of  # noqa: E402
 
 HEADING = "## Quality vs training time (MNIST)"
+
+
+def tag(args) -> str:
+    """The suffix of this run's artifacts (``--tag``): another run keeps its own table, plot and grids."""
+    return f"_{args.tag}" if args.tag else ""
+
+
+def heading(args) -> str:
+    return HEADING + (f": {args.tag}" if args.tag else "")
 DIFFUSERS_BATCH = 64
 
 
@@ -366,7 +375,7 @@ def evaluate_recipe(args, recipe: str) -> list[dict]:
                          fd=fd, floor=floor, nfe=nfe, sampler=how, eval_seconds=time.perf_counter() - t0))
         print(json.dumps(rows[-1]), flush=True)
         if minutes == saved[-1][0]:
-            save_grid(images[:64], ARTIFACTS / f"quality_vs_time_{recipe}_samples.png", nrow=8)
+            save_grid(images[:64], ARTIFACTS / f"quality_vs_time{tag(args)}_{recipe}_samples.png", nrow=8)
     if recipe == "difflab" and saved and args.final_n and args.final_n != args.n:
         # the 3x-floor target is stated for 1,000 samples: the last point again at that count
         t0 = time.perf_counter()
@@ -391,6 +400,7 @@ def evaluate_all(args) -> list[dict]:
                   *(["--difflab-guidance", args.difflab_guidance] if args.difflab_guidance else []),
                   "--final-n", str(args.final_n),
                   *(["--eval-marks", *map(str, args.eval_marks)] if args.eval_marks else []),
+                  *(["--tag", args.tag] if args.tag else []),
                   "--batch", str(args.batch), "--seed", str(args.seed), "--threads", "1"]
         procs = [child([sys.executable, __file__, "--_eval-recipe", r, *common], Path(args.out) / f"{r}.eval.log")
                  for r in recipes]
@@ -403,7 +413,7 @@ def evaluate_all(args) -> list[dict]:
     if args.earlier:
         rows += [dict(row, earlier=str(args.earlier)) for row in json.loads(Path(args.earlier).read_text())
                  if row["recipe"].removesuffix("-final") not in recipes]
-    (ARTIFACTS / "quality_vs_time.json").write_text(json.dumps(rows, indent=1))
+    (ARTIFACTS / f"quality_vs_time{tag(args)}.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
@@ -426,7 +436,7 @@ def report(rows: list[dict], args, argv: list[str]) -> str:
     mode = (f"the recipes at the same time, one thread each ({', '.join(how.get('recipes', ['difflab', 'diffusers']))})"
             if how["parallel"] else f"one recipe after the other, {how['threads']} thread(s) each")
     earlier = sorted({r["earlier"] for r in rows if r.get("earlier")})
-    lines = [HEADING, "", f"Command: `python benchmarks/quality_vs_time.py {' '.join(argv)}`", "",
+    lines = [heading(args), "", f"Command: `python benchmarks/quality_vs_time.py {' '.join(argv)}`", "",
              f"MNIST, {args.minutes:g} minutes of training wall-clock per recipe on this machine ({mode}); "
              f"every {args.every:g} minutes of training time the weights are saved and later evaluated: {args.n} "
              f"samples (sample i seeded {args.seed} * 2^20 + i), Frechet distance to the 10k test split in the feature "
@@ -477,7 +487,7 @@ def report(rows: list[dict], args, argv: list[str]) -> str:
                            f"FD {r['fd']:.2f} against a floor of {r['floor']:.2f} = {r['fd'] / r['floor']:.2f}x, "
                            f"{'met' if r['fd'] <= limit * r['floor'] else 'NOT met'}")
     lines += ["Targets: " + "; ".join(targets) + ".", ""] if targets else []
-    plot = ARTIFACTS / "quality_vs_time.png"
+    plot = ARTIFACTS / f"quality_vs_time{tag(args)}.png"
     fig = new_figure((6.5, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     for rec in recipes:
@@ -492,7 +502,7 @@ def report(rows: list[dict], args, argv: list[str]) -> str:
     save_figure(fig, plot)
     lines += [f"![quality vs time]({plot.relative_to(RESULTS.parent).as_posix()})", "",
               "Final samples (first 64 of the evaluated samples): " + ", ".join(label[r] for r in recipes) + ":", "",
-              " ".join(f"![{r}](artifacts/quality_vs_time_{r}_samples.png)" for r in recipes), ""]
+              " ".join(f"![{r}](artifacts/quality_vs_time{tag(args)}_{r}_samples.png)" for r in recipes), ""]
     return "\n".join(lines)
 
 
@@ -518,6 +528,8 @@ def main(argv=None):
                     help="classifier-free guidance weight w for difflab, or 'none' (default: the run's)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the RESULTS.md section from benchmarks/artifacts/quality_vs_time.json")
+    ap.add_argument("--tag", default=None, help="a name for this run: its RESULTS.md section and artifacts get it "
+                                                "as a suffix (default: the main section)")
     ap.add_argument("--eval-marks", nargs="+", type=float, default=None,
                     help="evaluate only the points saved at these training minutes (default: every point)")
     ap.add_argument("--recipes", nargs="+", choices=tuple(LABELS), default=list(LABELS),
@@ -540,7 +552,7 @@ def main(argv=None):
         evaluate_recipe(args, args.eval_recipe)
         return
     if args.report_only:
-        rows = json.loads((ARTIFACTS / "quality_vs_time.json").read_text())
+        rows = json.loads((ARTIFACTS / f"quality_vs_time{tag(args)}.json").read_text())
     else:
         if not args.eval_only:
             train_all(args)
@@ -550,7 +562,7 @@ def main(argv=None):
     text = report(rows, args, [a for a in argv if a not in ("--eval-only", "--train-only", "--report-only")])
     print(text)
     if not args.no_write:
-        write_section(RESULTS, HEADING, text)
+        write_section(RESULTS, heading(args), text)
 
 
 if __name__ == "__main__":
