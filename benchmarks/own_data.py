@@ -20,6 +20,8 @@ benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/own_data.py --minutes 25 --n 1000 --out runs/own-data
 
+``--eval-only`` measures the runs of an earlier invocation (same ``--out``) without training again.
+
 A quick end-to-end check (minutes of wall clock; writes elsewhere):
 
     .venv/bin/python benchmarks/own_data.py --minutes 1 --n 100 --colored-n 3000 --out /tmp/own-data-check \\
@@ -111,6 +113,8 @@ def main() -> int:
                                                  "when missing)")
     ap.add_argument("--colored-n", type=int, help="training images of a coloured MNIST made here (default: all)")
     ap.add_argument("--parallel", type=int, default=2, choices=(1, 2), help="one-thread processes at a time")
+    ap.add_argument("--eval-only", action="store_true", help="measure the runs an earlier invocation trained "
+                                                              "(same --out), without training again")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--artifacts", type=Path, default=ARTIFACTS)
     args = ap.parse_args()
@@ -122,7 +126,7 @@ def main() -> int:
     seed_featurizers(cache)
     colored = args.colored or out / "data" / "colored-mnist"
     colored.parent.mkdir(parents=True, exist_ok=True)
-    if "colored-mnist" in args.datasets and not colored.exists():
+    if "colored-mnist" in args.datasets and not colored.exists() and not args.eval_only:
         extra = ["--n", str(args.colored_n), "--n-test", str(max(100, args.colored_n // 6))] if args.colored_n else []
         run_all([("make colored-mnist", [*DIFFLAB, "make-dataset", "colored-mnist", "--data-root", str(MNIST_DIR),
                                          "--out", str(colored), "--no-progress", *extra], out / "make-colored.log")], 1)
@@ -130,7 +134,10 @@ def main() -> int:
     trainings, evals = [], []
     for name in args.datasets:
         run = out / "runs" / name
-        if run.exists():        # a new run of the benchmark replaces the last one's run folder
+        if args.eval_only:
+            if not (run / "checkpoints").is_dir():
+                sys.exit(f"--eval-only: {run} is missing; train it first (without --eval-only)")
+        elif run.exists():        # a new run of the benchmark replaces the last one's run folder
             shutil.rmtree(run)
         trainings.append((f"train {name}", [*DIFFLAB, "train", *data_arg(name, colored), "--minutes", str(args.minutes),
                                             "--out", str(run), "--no-progress", "--set", "train.num_threads=1",
@@ -142,13 +149,16 @@ def main() -> int:
                                        "--no-progress", "--out", str(args.artifacts / f"own_data_{name}.png")],
                       out / f"grid-{name}.log"))
     args.artifacts.mkdir(parents=True, exist_ok=True)
-    took = run_all(trainings, args.parallel)
+    took = {} if args.eval_only else run_all(trainings, args.parallel)
     took.update(run_all(evals, args.parallel))
     results = {name: summary(out / "runs" / name) for name in args.datasets}
     (args.artifacts / "own_data.json").write_text(json.dumps(results, indent=2) + "\n")
 
     command = (f"python benchmarks/own_data.py --minutes {args.minutes:g} --n {args.n}"
-               + (f" --colored-n {args.colored_n}" if args.colored_n else "") + f" --out {args.out}")
+               + (f" --colored-n {args.colored_n}" if args.colored_n else "")
+               + f" --out {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    if args.eval_only:      # trained by the first, measured by the second
+        command = f"{command}` then `{command} --eval-only"
     lines = [HEADING, "", f"`{command}` (each run: `difflab train --data <dataset> --minutes {args.minutes:g} "
              "--set train.num_threads=1`, one thread, at most two runs at a time; no preset named). Final figures: "
              f"`difflab eval fd --floor -n {args.n}` with the run's own sampler and guidance against held-out images "
@@ -171,7 +181,8 @@ def main() -> int:
     lines += ["", "Samples (one row per class, columns share their starting noise):", ""]
     rel = args.artifacts.relative_to(ROOT) if args.artifacts.is_relative_to(ROOT) else args.artifacts
     lines += [f"![{name}]({rel}/own_data_{name}.png)" for name in results]
-    lines += ["", "Wall clock per job (s): " + ", ".join(f"{k} {v:.0f}" for k, v in took.items()), ""]
+    lines += ["", "Wall clock per job (s): " + ", ".join(f"{k} {v:.0f}" for k, v in took.items())
+              + ("; the trainings' wall clock is in OUT/train-<dataset>.log" if args.eval_only else ""), ""]
     write_section(args.results, HEADING, "\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -53,6 +53,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -124,19 +125,28 @@ def train_diffusers(out: Path, data_root: str, minutes: float, every: float, see
 
     print(f"diffusers recipe: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
     model.train()
+    run_for_minutes("diffusers recipe", out, minutes, every, lambda step, train_s: step_once(lr_at(step, train_s)),
+                    lambda path: torch.save(model.state_dict(), path))
+
+
+def run_for_minutes(name: str, out: Path, minutes: float, every: float, step_once: Callable[[int, float], float],
+                    save: Callable[[Path], None]) -> None:
+    """``step_once(step, training seconds so far) -> loss`` until ``minutes`` of its own time; every
+    ``every`` minutes (and at the end) ``save(out / min_MMM.M.pt)`` and a json of the step and loss
+    (the time spent saving is not counted)."""
     train_s, step, mark, losses = 0.0, 0, every * 60, []
     while train_s < minutes * 60:
         t0 = time.perf_counter()
-        losses.append(step_once(lr_at(step, train_s)))
+        losses.append(step_once(step, train_s))
         train_s += time.perf_counter() - t0
         step += 1
         if train_s >= mark or train_s >= minutes * 60:
             m = round(min(train_s, minutes * 60) / 60 / every) * every
-            torch.save(model.state_dict(), out / f"min_{m:05.1f}.pt")
+            save(out / f"min_{m:05.1f}.pt")
             (out / f"min_{m:05.1f}.json").write_text(json.dumps(
                 {"minutes": m, "step": step, "train_seconds": train_s, "loss": sum(losses[-50:]) / len(losses[-50:]),
                  "images_per_s": step * DIFFUSERS_BATCH / train_s}))
-            print(f"diffusers recipe: {train_s / 60:.2f} min, step {step}, loss {losses[-1]:.4f}", flush=True)
+            print(f"{name}: {train_s / 60:.2f} min, step {step}, loss {losses[-1]:.4f}", flush=True)
             mark += every * 60
 
 
@@ -215,27 +225,14 @@ def train_diffusers_best(out: Path, data_root: str, minutes: float, every: float
         ema.step(model.parameters())
         return loss.item()
 
-    def save(m: float) -> None:
+    def save(path: Path) -> None:        # the EMA weights
         shadow = diffusers_best_unet()
         ema.copy_to(shadow.parameters())
-        torch.save(shadow.state_dict(), out / f"min_{m:05.1f}.pt")
+        torch.save(shadow.state_dict(), path)
 
     print(f"diffusers-best recipe: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
     model.train()
-    train_s, step, mark, losses = 0.0, 0, every * 60, []
-    while train_s < minutes * 60:
-        t0 = time.perf_counter()
-        losses.append(step_once(step))
-        train_s += time.perf_counter() - t0
-        step += 1
-        if train_s >= mark or train_s >= minutes * 60:
-            m = round(min(train_s, minutes * 60) / 60 / every) * every
-            save(m)
-            (out / f"min_{m:05.1f}.json").write_text(json.dumps(
-                {"minutes": m, "step": step, "train_seconds": train_s, "loss": sum(losses[-50:]) / len(losses[-50:]),
-                 "images_per_s": step * DIFFUSERS_BATCH / train_s}))
-            print(f"diffusers-best recipe: {train_s / 60:.2f} min, step {step}, loss {losses[-1]:.4f}", flush=True)
-            mark += every * 60
+    run_for_minutes("diffusers-best recipe", out, minutes, every, lambda step, _: step_once(step), save)
 
 
 @torch.no_grad()
