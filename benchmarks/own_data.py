@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -179,7 +180,9 @@ def main() -> int:
                         for e in r["during_training"] if e["fd"] is not None)
         lines.append(f"- {name}: {pts or 'none'}")
     lines += ["", "Samples (one row per class, columns share their starting noise):", ""]
-    rel = args.artifacts.relative_to(ROOT) if args.artifacts.is_relative_to(ROOT) else args.artifacts
+    # image links are relative to the results file (benchmarks/RESULTS.md links artifacts/...)
+    rel = (Path(os.path.relpath(args.artifacts, args.results.resolve().parent)).as_posix()
+           if args.artifacts.is_relative_to(ROOT) else args.artifacts)
     lines += [f"![{name}]({rel}/own_data_{name}.png)" for name in results]
     lines += ["", "Wall clock per job (s): " + ", ".join(f"{k} {v:.0f}" for k, v in took.items())
               + ("; the trainings' wall clock is in OUT/train-<dataset>.log" if args.eval_only else ""), ""]
