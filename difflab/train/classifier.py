@@ -51,7 +51,7 @@ from ..runs import (CLASSIFIER_CONFIG_NAME, classifier_checkpoint, load_checkpoi
 from ..viz import new_figure, save_figure
 from .data import IndexStream, check_batch, check_images_fit, load_images
 from .engine import train_task
-from .heldout import SplitWriter, run_split, split_path
+from .heldout import SplitWriter, heldout_data
 from .runtime import stderr_log
 from .task import Callback, Env, Networks, Task, TrainResult, Update, resumable
 
@@ -299,16 +299,12 @@ def train_classifier(config: ClassifierRunConfig, run_dir: str | os.PathLike, *,
     does). ``--diffusion-from`` copies the diffusion run's fraction and seed, and the split is a rule
     per image path, so the classifier holds out exactly the images its diffusion run held out."""
     callbacks = list(callbacks)
-    found = run_split(config.data, run_dir, bool(resume)) if dataset is None else None
-    if found is not None:
-        folder, split = found
-        log(f"held-out split: {len(split.heldout)} of {len(split.train) + len(split.heldout)} images of {folder} "
-            f"({split.fraction:g}, seed {split.seed}) are never trained on; list in {split_path(run_dir)}")
-        dataset = load_images(config.data, log, files=split.train, labels_from_folders=True)
+    held = heldout_data(config.data, run_dir, bool(resume), log, labels_from_folders=True) if dataset is None else None
+    if held is not None and held.split is not None:
+        dataset = held.train
         if eval_dataset is None:
-            eval_dataset = dataclasses.replace(load_images(config.data, log, files=split.heldout,
-                                                           labels_from_folders=True), split="held-out")
-        callbacks.append(SplitWriter(split))
+            eval_dataset = dataclasses.replace(held.load_heldout(log, config.train.eval_split), split="held-out")
+        callbacks.append(SplitWriter(held.split))
     return train_task(ClassifierTask(config, dataset, eval_dataset), run_dir, resume=resume, progress=progress,
                       log=log, callbacks=callbacks)
 

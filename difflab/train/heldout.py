@@ -94,15 +94,18 @@ class HeldoutData:
         return load_images(self.data, log, labels_from_folders=self.labelled if self.data.dataset == "folder" else None)
 
 
-def heldout_data(d: DataConfig, run_dir: str | os.PathLike, resume: bool, log: Callable[[str], None]) -> HeldoutData:
-    """The run's data split (see the module docstring); loads the training side of a folder split."""
+def heldout_data(d: DataConfig, run_dir: str | os.PathLike, resume: bool, log: Callable[[str], None], *,
+                 labels_from_folders: bool | None = None) -> HeldoutData:
+    """The run's data split (see the module docstring); loads the training side of a folder split (with
+    its class sub-folders as labels when ``labels_from_folders``; default: ``d.labels``)."""
     found = run_split(d, run_dir, resume)
     if found is None:
         return HeldoutData(d)
     folder, split = found
     log(f"held-out split: {len(split.heldout)} of {len(split.train) + len(split.heldout)} images of {folder} "
         f"({split.fraction:g}, seed {split.seed}) are never trained on; list in {split_path(run_dir)}")
-    return HeldoutData(d, folder, split, load_images(d, log, files=split.train))
+    train = load_images(d, log, files=split.train, labels_from_folders=labels_from_folders)
+    return HeldoutData(d, folder, split, train)
 
 
 class SplitWriter(Callback):
