@@ -75,6 +75,10 @@ class RunConfig(RunSpec):
                     "sample.guidance_scale is classifier-free guidance: it needs a class- or text-conditional model")
             require(self.train.class_dropout > 0,
                     "sample.guidance_scale needs train.class_dropout > 0 (the null condition must be trained)")
+        if self.train.choose_guidance:
+            require(m.num_classes is not None and self.train.class_dropout > 0,
+                    "train.choose_guidance chooses the classifier-free guidance weight: it needs a class-conditional "
+                    "model (model.num_classes) trained with train.class_dropout > 0")
         if self.latent.autoencoder is not None:   # model.image_size / in_channels describe the latent
             require(not self.sample.clip_denoised, "latent diffusion needs sample.clip_denoised=false: latents are "
                                                    "unbounded (the decoded images are clamped instead)")

@@ -136,6 +136,9 @@ class TrainConfig(TrainSettings):
     eval_cache_dir: str | None = None
     compile: bool = False              # the training forward through torch.compile (inductor; difflab.compile:
     #                                    a compile failure falls back to eager with a message)
+    # At the end of a class-conditional run with evaluation: try several classifier-free guidance weights on the
+    # final EMA weights and keep the one whose samples are nearest the training images (difflab.train.guidance_choice)
+    choose_guidance: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -143,6 +146,9 @@ class TrainConfig(TrainSettings):
         require(self.eval_every_minutes >= 0 and math.isfinite(self.eval_every_minutes),
                 f"train.eval_every_minutes must be a finite number >= 0 (0 = off), got {self.eval_every_minutes}")
         require(self.eval_max_share > 0, f"train.eval_max_share must be > 0, got {self.eval_max_share}")
+        require(not self.choose_guidance or self.eval_every_minutes > 0,
+                "train.choose_guidance measures samples with the run's evaluation: set train.eval_every_minutes > 0 "
+                "(or train.choose_guidance=false)")
         require(self.ema_decay is not None, "train.ema_decay=null: a diffusion run samples with its EMA weights; "
                                             "set a decay in [0, 1) (0 = the weights themselves)")
         require(0.0 <= self.class_dropout < 1.0, f"train.class_dropout must be in [0, 1), got {self.class_dropout}")

@@ -129,10 +129,16 @@ def auto_config(data: dict, minutes: float, overrides: Iterable[str] = (), *,
                          text_encoder_installed() if text_encoder is None else text_encoder)
     every = max(0.1, round(minutes / EVALUATIONS_PER_RUN, 1))
     evaluation = {"train.eval_every_minutes": every}
-    recipe = dataclasses.replace(recipe, overrides={**recipe.overrides, **evaluation}, reasons=recipe.reasons + (
-        f"evaluation every {every:g} min of training and at the end: FD and precision/recall of "
-        f"{RunConfig().train.eval_n} samples against the held-out images, beside the floor (at most "
-        f"{RunConfig().train.eval_max_share:.0%} of the training time)",))
+    reasons = (f"evaluation every {every:g} min of training and at the end: FD and precision/recall of "
+               f"{RunConfig().train.eval_n} samples against the held-out images, beside the floor (at most "
+               f"{RunConfig().train.eval_max_share:.0%} of the training time)",)
+    if recipe.overrides.get("data.labels") and recipe.overrides.get("sample.guidance_scale") is not None:
+        evaluation["train.choose_guidance"] = True
+        reasons += ("the guidance weight is then chosen by measurement after training (train.choose_guidance): "
+                    f"w={recipe.overrides['sample.guidance_scale']:g} and its doubles or halves, whichever samples "
+                    "are nearest the training images",)
+    recipe = dataclasses.replace(recipe, overrides={**recipe.overrides, **evaluation},
+                                 reasons=recipe.reasons + reasons)
     config = recipe_config(recipe, data, overrides)
     sps = rate.predict(config.model, config.train.batch_size)
     return AutoPlan(config, recipe, facts, rate, tuple(check_budget(config, sps)))

@@ -26,6 +26,7 @@ Everything runs on rank 0 under ``torch.random.fork_rng``, so training's random 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Callable
@@ -41,6 +42,8 @@ from ..eval import (EvalClassifierConfig, HeldoutReference, classifier_featurize
                     plan_featurizer, prepare_reference)
 from ..rng import randint, randn
 from ..sampling import sample_images, with_default_guidance
+from ..eval.frechet import compute_stats, frechet_distance
+from .guidance_choice import REFERENCE_IMAGES, apply_guidance, search_guidance
 from .heldout import HeldoutData
 from .metrics import plot_eval
 from .task import Callback, RunState, TrainResult
@@ -75,6 +78,8 @@ class Evaluation(Callback):
         self.period = 60.0 * tc.eval_every_minutes
         self.ref: HeldoutReference | None = None
         self.eval_seconds, self.last_step, self.next_due = 0.0, -1, math.inf
+        self.train_stats = None          # the training images' features, for train.choose_guidance
+        self.last_samples: tuple[int, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ set-up (rank 0)
     def on_start(self, run: RunState) -> None:
@@ -96,6 +101,10 @@ class Evaluation(Callback):
                 pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
                 self.ref = prepare_reference(feat, heldout.to_float(), train.get_batch(pick)[0], n,
                                              dataset=self.key)
+                if tc.choose_guidance:
+                    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:REFERENCE_IMAGES]
+                    feats = feat.features(train.get_batch(pick)[0], batch_size=256)
+                    self.train_stats = compute_stats(feats, feat.name, self.key, "train")
         floor = self.ref.floor if self.ref is not None else None
         log(f"evaluation every {tc.eval_every_minutes:g} min of training and at the end: "
             + (f"{self.ref.n} samples against {self.ref.stats.n} held-out images; floor ({self.ref.n} training "
@@ -144,8 +153,51 @@ class Evaluation(Callback):
         self.next_due = max((math.floor(run.train_seconds / self.period) + 1) * self.period, wait_until)
 
     def on_end(self, run: RunState, result: TrainResult) -> None:
-        if not result.interrupted and run.step != self.last_step:
+        if result.interrupted:
+            return
+        if run.step != self.last_step:
             self.evaluate(run)
+        if self.train_stats is not None and run.env.info.is_main:
+            self.choose_guidance(run, result)
+
+    # ------------------------------------------------------------------ train.choose_guidance
+    def choose_guidance(self, run: RunState, result: TrainResult) -> float:
+        """Search the guidance weight on the final EMA weights (``difflab.train.guidance_choice``), write it
+        into the run's config and draw samples.png again with it."""
+        t0, cfg = self.clock(), self.config
+        model = run.eval_model
+        model.eval()
+        start = cfg.sample.guidance_scale
+
+        def measure(w: float) -> float:
+            if self.last_samples is not None and self.last_samples[0] == run.step and w == round(start or -1, 3):
+                x = self.last_samples[1]          # the final evaluation drew these already
+            else:
+                with torch.random.fork_rng(devices=[run.env.device] if run.env.device.type == "cuda" else []):
+                    x = self._samples(run, model, guidance=w)
+            feats = self.ref.featurizer.features(x, batch_size=256)
+            d = frechet_distance(compute_stats(feats, self.ref.featurizer.name, "samples", "generated"),
+                                 self.train_stats)
+            run.env.log(f"guidance w={w:g}: FD {d:.4g} to {self.train_stats.n} training images "
+                        f"({self.ref.n} samples)")
+            return d
+
+        run.env.log(f"choosing the guidance weight (train.choose_guidance): {self.ref.n} samples per weight, "
+                    f"against {self.train_stats.n} training images (not the held-out ones)")
+        best, tried = search_guidance(measure, start)
+        took = self.clock() - t0
+        new = apply_guidance(run.run_dir, cfg, result.checkpoint, best, tried,
+                             {"n": self.ref.n, "reference_images": self.train_stats.n, "step": run.step,
+                              "featurizer": self.ref.featurizer.name, "seconds": round(took, 1)})
+        run.env.log(f"guidance: w={best:g} chosen (was {start if start is not None else 'none'}; tried "
+                    + ", ".join(f"{w:g}: {d:.4g}" for w, d in sorted(tried.items()))
+                    + f"; {took:.0f} s); written to {run.run_dir / 'config.yaml'}")
+        self.config = new
+        if hasattr(run.task, "config") and result.samples is not None:
+            run.task.config = new
+            result.samples = run.task.sample(model, result.samples)
+            run.log_figure(getattr(run.task, "sample_tag", "samples"), result.samples)
+        return best
 
     # ------------------------------------------------------------------ one evaluation
     def evaluate(self, run: RunState) -> dict | None:
@@ -161,7 +213,9 @@ class Evaluation(Callback):
             try:
                 row = {"heldout_loss": self._heldout_loss(run, model)}
                 if self.ref is not None:
-                    r = evaluate_against(self.ref, self._samples(run, model))
+                    x = self._samples(run, model)
+                    self.last_samples = (run.step, x)
+                    r = evaluate_against(self.ref, x)
                     row.update(fd=r["fd"], fd_floor=r["floor_fd"], fd_over_floor=r["fd_over_floor"],
                                precision=r["precision"], precision_floor=r["floor_precision"],
                                recall=r["recall"], recall_floor=r["floor_recall"], eval_n=r["n"])
@@ -182,8 +236,11 @@ class Evaluation(Callback):
             run.log_figure("eval", path)
         return row
 
-    def _samples(self, run: RunState, model) -> torch.Tensor:
+    def _samples(self, run: RunState, model, guidance: float | None = None) -> torch.Tensor:
+        """``ref.n`` samples with the run's sample settings (``guidance``: this weight instead of the run's)."""
         cfg, n = self.config, self.ref.n
+        if guidance is not None:
+            cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, guidance_scale=guidance))
         m = cfg.model
         labels = None
         if m.num_classes is not None and self.train_labels is not None:

@@ -68,6 +68,7 @@ def test_auto_recipe_choices_reach_the_config(tmp_path, rgb, classes, minutes, s
     assert plan.config.train.max_minutes == minutes and plan.config.train.eval_every_minutes > 0
     assert plan.config.data.channels == (3 if rgb else 1)
     assert plan.config.data.labels == (classes is not None)
+    assert plan.config.train.choose_guidance == (classes is not None)   # chosen by measurement after training
     # a longer budget at the same rate never chooses a narrower network
     longer = auto_config(data, minutes * 8, ["train.num_threads=1"], measure=fixed_rate(sps), text_encoder=False)
     assert longer.config.model.model_channels >= plan.config.model.model_channels
@@ -95,7 +96,12 @@ def test_data_cli_writes_the_chosen_settings_and_set_wins_and_resume_keeps_them(
     saved = yaml.safe_load((out / "config.yaml").read_text())
     plan = auto_config(data_section(str(root)), 2, [*QUICK, cache, "train.lr=0.0005", "train.steps=2"],
                        measure=fixed_rate(20.0))
-    assert saved == yaml.safe_load(yaml.safe_dump(plan.config.to_dict()))   # exactly the plan, --set included
+    planned = yaml.safe_load(yaml.safe_dump(plan.config.to_dict()))
+    # exactly the plan, --set included, but for the guidance weight chosen after training (train.choose_guidance)
+    chosen = json.loads((out / "guidance.json").read_text())
+    assert chosen["configured"] == planned["sample"]["guidance_scale"]
+    planned["sample"]["guidance_scale"] = chosen["chosen"]
+    assert saved == planned
     assert saved["train"]["lr"] == 0.0005 and saved["train"]["max_minutes"] == 2
     split = read_split(out / SPLIT_FILE)
     assert split == split_files([p.relative_to(root).as_posix() for p in root.rglob("*.png")], 0.1, 0)
