@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from _common import ARTIFACTS, RESULTS, ROOT, write_section  # noqa: E402
+from _common import RESULTS, ROOT, write_section  # noqa: E402
 from own_data import DATASETS, DIFFLAB, data_arg, run_all, seed_featurizers  # noqa: E402
 from difflab.train.task import Callback  # noqa: E402
 
