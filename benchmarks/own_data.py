@@ -49,12 +49,16 @@ DATASETS = ("digits", "mnist", "colored-mnist")
 DIFFLAB = [sys.executable, "-m", "difflab"]
 
 
-def run_all(jobs: list[tuple[str, list[str], Path]], parallel: int) -> dict[str, float]:
-    """Run ``(name, command, log)`` jobs, ``parallel`` at a time; stop at the first failure."""
-    pending, running, took = list(jobs), {}, {}
+def run_all(jobs: list[tuple], parallel: int) -> dict[str, float]:
+    """Run ``(name, command, log)`` or ``(name, command, log, after)`` jobs in order, ``parallel`` at a time;
+    a job with ``after`` (another job's name) waits until that one has finished. Stops at the first failure."""
+    pending, running, took = [tuple(j) + (None,) * (4 - len(j)) for j in jobs], {}, {}
     while pending or running:
-        while pending and len(running) < parallel:
-            name, cmd, log = pending.pop(0)
+        ready = [j for j in pending if j[3] is None or j[3] in took]
+        while ready and len(running) < parallel:
+            job = ready.pop(0)
+            pending.remove(job)
+            name, cmd, log, _ = job
             running[name] = (child(cmd, log), time.perf_counter(), log)
         time.sleep(1.0)
         for name, (proc, t0, log) in list(running.items()):
@@ -143,15 +147,17 @@ def main() -> int:
         trainings.append((f"train {name}", [*DIFFLAB, "train", *data_arg(name, colored), "--minutes", str(args.minutes),
                                             "--out", str(run), "--no-progress", "--set", "train.num_threads=1",
                                             f"train.eval_cache_dir={cache}"], out / f"train-{name}.log"))
+        after = None if args.eval_only else f"train {name}"      # a run is measured once its training ends
         evals.append((f"eval {name}", [*DIFFLAB, "eval", "fd", "--checkpoint", str(run), "-n", str(args.n), "--floor",
                                        "--cache-dir", str(cache), "--no-progress", "--out",
-                                       str(run / "eval_final.json")], out / f"eval-{name}.log"))
+                                       str(run / "eval_final.json")], out / f"eval-{name}.log", after))
         evals.append((f"grid {name}", [*DIFFLAB, "sample", "--checkpoint", str(run), "--grid-by-class", "-n", "10",
                                        "--no-progress", "--out", str(args.artifacts / f"own_data_{name}.png")],
-                      out / f"grid-{name}.log"))
+                      out / f"grid-{name}.log", after))
     args.artifacts.mkdir(parents=True, exist_ok=True)
-    took = {} if args.eval_only else run_all(trainings, args.parallel)
-    took.update(run_all(evals, args.parallel))
+    # trainings first, then the measurements, at most `parallel` processes at a time: a run's measurements
+    # may start beside a later training (one thread each, so each still has a core of its own)
+    took = run_all(([] if args.eval_only else trainings) + evals, args.parallel)
     results = {name: summary(out / "runs" / name) for name in args.datasets}
     (args.artifacts / "own_data.json").write_text(json.dumps(results, indent=2) + "\n")
 
