@@ -42,7 +42,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     fd.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
     fd.add_argument("--eta", type=float, help="stochasticity for samplers with an eta")
     fd.add_argument("--no-clip", action="store_true", help="do not clamp predicted x_0 to [-1, 1]")
-    fd.add_argument("--class-label", type=int, help="draw every sample of this class (default: cycle classes)")
+    fd.add_argument("--class-label", type=int, help="draw every sample of this class (default: --labels)")
+    fd.add_argument("--labels", choices=("proportional", "cycle"), default="proportional",
+                    help="the classes of a class-conditional run's samples: in the training data's proportions "
+                         "(default, as the evaluation during training asks for them) or 0..K-1 in turn")
     add_guidance_arguments(fd)
     fd.add_argument("--featurizer-dir", metavar="DIR", help="a saved evaluation classifier (default: the one cached "
                                                             "for --dataset, trained on its train split if missing)")
@@ -210,6 +213,17 @@ def _fd_line(what: str, r: dict) -> str:
             f"{_fmt(r['recall'], '.3f')} | n={r['n']} | featurizer {r['featurizer']} | reference {r['reference']}")
 
 
+def _proportional(labels, train, n: int, num_classes: int):
+    """``n`` labels in the training images' class proportions (``labels``, the classes in turn, when the
+    training images have no labels or carry classes the model lacks)."""
+    from ..train.evaluation import proportional_labels
+
+    if train is None or train.labels is None or len(train.labels) == 0 or int(train.labels.max()) >= num_classes:
+        return labels
+    say("classes: in the training images' proportions (--labels cycle: 0..K-1 in turn)")
+    return proportional_labels(train.labels, n).to(labels.dtype)
+
+
 def run_eval_fd(args) -> int:
     import dataclasses
     import json
@@ -271,6 +285,9 @@ def run_eval_fd(args) -> int:
             raise UsageError(str(e)) from None
         guided = guided_from_args(args, run, sc, device)
         labels = sample_conditions(args, guided, cfg.model.num_classes, n).labels
+        if labels is not None and args.class_label is None and args.labels == "proportional":
+            labels = _proportional(labels, train_ds(), n, guided.num_classes if guided is not None
+                                   else cfg.model.num_classes)
         m = cfg.model
         guidance = guided.description if guided is not None else "none"
         say(f"sampling {n} images with {sc.sampler} ({sc.steps} steps) from {run.checkpoint} ({run.weights} "
@@ -291,6 +308,8 @@ def run_eval_fd(args) -> int:
     bs = args.batch_size or 256
     result = evaluate_samples(samples, ref, feat, k=args.k, batch_size=bs)
     report = {"source": source, "guidance": guidance, **result, "featurizer_dir": str(feat_dir)}
+    if labels is not None:
+        report["classes"] = torch.bincount(labels.long().cpu()).tolist()     # samples per requested class
     say(_fd_line("samples", result))
     if labels is not None and int(labels.max()) < feat.model.config.num_classes:
         acc = float((predict(feat.model, samples, bs) == labels.long().cpu()).double().mean())

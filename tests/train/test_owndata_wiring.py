@@ -300,3 +300,26 @@ def test_evaluation_samples_ask_for_the_classes_in_the_datas_proportions():
     assert torch.bincount(many).tolist() == [50] * 10 and many[:10].tolist() == list(range(10))  # mixed from the start
     skewed = proportional_labels(torch.tensor([3] * 9 + [1]), 100)
     assert torch.bincount(skewed, minlength=4).tolist() == [0, 10, 0, 90]
+
+
+def test_eval_fd_asks_for_the_classes_in_the_training_images_proportions(tmp_path, capsys):
+    """As the evaluation during training does; --labels cycle keeps the classes in turn."""
+    root = tmp_path / "imgs"
+    write_folder(root, 40, classes=("a",))
+    write_folder(root, 10, classes=("b",), start=40)
+    every = ["train.steps=1", f"train.eval_cache_dir={tmp_path / 'cache'}"]
+    train(_tiny_folder_config(root, *every), tmp_path / "run", progress=False)
+    split = read_split(tmp_path / "run" / SPLIT_FILE)
+    counts = [sum(p.startswith(c + "/") for p in split.train) for c in "ab"]
+    common = ["eval", "fd", "--checkpoint", tmp_path / "run", "-n", 10, "--cache-dir", tmp_path / "cache",
+              "--no-progress", "--steps", 1]
+    code, out, err = run_cli(capsys, *common, "--out", tmp_path / "p.json")
+    assert code == 0, err
+    expected = torch.bincount(torch.tensor([0] * counts[0] + [1] * counts[1])).double() * 10 / sum(counts)
+    got = json.loads((tmp_path / "p.json").read_text())["classes"]
+    assert got != [5, 5] and all(abs(g - e) < 1 for g, e in zip(got, expected.tolist()))
+    assert "in the training images' proportions" in out
+    code, out, err = run_cli(capsys, *common, "--labels", "cycle", "--out", tmp_path / "c.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "c.json").read_text())["classes"] == [5, 5]
+
