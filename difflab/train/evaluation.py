@@ -43,7 +43,7 @@ from ..eval import (EvalClassifierConfig, HeldoutReference, classifier_featurize
 from ..rng import randint, randn
 from ..sampling import sample_images, with_default_guidance
 from ..eval.frechet import compute_stats, frechet_distance
-from .guidance_choice import REFERENCE_IMAGES, apply_guidance, search_guidance
+from .guidance_choice import CHOOSE_SAMPLES, REFERENCE_IMAGES, apply_guidance, search_guidance
 from .heldout import HeldoutData
 from .metrics import plot_eval
 from .task import Callback, RunState, TrainResult
@@ -169,25 +169,27 @@ class Evaluation(Callback):
         model.eval()
         start = cfg.sample.guidance_scale
 
+        n = min(self.ref.n, CHOOSE_SAMPLES)
+
         def measure(w: float) -> float:
-            if self.last_samples is not None and self.last_samples[0] == run.step and w == round(start or -1, 3):
-                x = self.last_samples[1]          # the final evaluation drew these already
+            last = self.last_samples
+            if last is not None and last[0] == run.step and len(last[1]) == n and w == round(start or -1, 3):
+                x = last[1]          # the final evaluation drew these already
             else:
                 with torch.random.fork_rng(devices=[run.env.device] if run.env.device.type == "cuda" else []):
-                    x = self._samples(run, model, guidance=w)
+                    x = self._samples(run, model, guidance=w, n=n)
             feats = self.ref.featurizer.features(x, batch_size=256)
             d = frechet_distance(compute_stats(feats, self.ref.featurizer.name, "samples", "generated"),
                                  self.train_stats)
-            run.env.log(f"guidance w={w:g}: FD {d:.4g} to {self.train_stats.n} training images "
-                        f"({self.ref.n} samples)")
+            run.env.log(f"guidance w={w:g}: FD {d:.4g} to {self.train_stats.n} training images ({n} samples)")
             return d
 
-        run.env.log(f"choosing the guidance weight (train.choose_guidance): {self.ref.n} samples per weight, "
+        run.env.log(f"choosing the guidance weight (train.choose_guidance): {n} samples per weight, "
                     f"against {self.train_stats.n} training images (not the held-out ones)")
         best, tried = search_guidance(measure, start)
         took = self.clock() - t0
         new = apply_guidance(run.run_dir, cfg, result.checkpoint, best, tried,
-                             {"n": self.ref.n, "reference_images": self.train_stats.n, "step": run.step,
+                             {"n": n, "reference_images": self.train_stats.n, "step": run.step,
                               "featurizer": self.ref.featurizer.name, "seconds": round(took, 1)})
         run.env.log(f"guidance: w={best:g} chosen (was {start if start is not None else 'none'}; tried "
                     + ", ".join(f"{w:g}: {d:.4g}" for w, d in sorted(tried.items()))
@@ -236,9 +238,10 @@ class Evaluation(Callback):
             run.log_figure("eval", path)
         return row
 
-    def _samples(self, run: RunState, model, guidance: float | None = None) -> torch.Tensor:
-        """``ref.n`` samples with the run's sample settings (``guidance``: this weight instead of the run's)."""
-        cfg, n = self.config, self.ref.n
+    def _samples(self, run: RunState, model, guidance: float | None = None, n: int | None = None) -> torch.Tensor:
+        """``n`` (default ``ref.n``) samples with the run's sample settings (``guidance``: this weight instead
+        of the run's)."""
+        cfg, n = self.config, n or self.ref.n
         if guidance is not None:
             cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, guidance_scale=guidance))
         m = cfg.model

@@ -72,7 +72,7 @@ def test_a_run_chooses_its_guidance_on_training_images_and_writes_it_where_sampl
     tried = {t["w"]: t["fd_train"] for t in record["tried"]}
     assert record["configured"] == 0.5 and 0.5 in tried and 2 <= len(tried) <= 5
     assert record["chosen"] in tried and tried[record["chosen"]] == min(tried.values())
-    assert record["n"] == 8 and record["step"] == 3
+    assert record["n"] == 8 and record["step"] == 3         # min(train.eval_n, CHOOSE_SAMPLES)
     # the reference is the training side of the split, not the held-out images
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert record["reference_images"] == len(split["train"]) == 48 - len(split["heldout"]) < 48
