@@ -103,7 +103,8 @@ def main() -> int:
     ap.add_argument("--colored", type=Path, default=ROOT / "runs" / "own-data" / "data" / "colored-mnist",
                     help="the coloured MNIST folder (difflab make-dataset colored-mnist)")
     ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
-    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--eval-only", action="store_true", help="measure the runs of an earlier invocation (same "
+                                                              "--out); measurements already made are kept")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--child", nargs=4, metavar=("DATA", "DATA_ROOT", "RUN", "CACHE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -137,6 +138,8 @@ def main() -> int:
             js = out / "eval" / f"{name}-{slug}.json"
             js.parent.mkdir(parents=True, exist_ok=True)
             variants.setdefault(name, []).append((label, js))
+            if args.eval_only and js.is_file():       # measured by an earlier --eval-only
+                continue
             evals.append((f"eval {name} {label}", [*DIFFLAB, "eval", "fd", "--checkpoint", str(target), "-n",
                                                    str(args.n), "--cache-dir", str(cache), "--no-progress",
                                                    *flags, *(["--floor"] if label == "raw" else []), "--out",

@@ -11,10 +11,11 @@ images that the run's figures are measured against play no part in the choice, s
 not biased by it.
 
 :func:`search_guidance` starts at the configured weight and doubles it while the distance falls; if
-the first doubling does not help, it halves instead, then tries 0 (at most ``max_tries`` weights). The
+the first doubling does not help, it halves instead, then tries 0; last, a factor of sqrt(2) toward the
+better neighbour of the best (at most six weights). The
 chosen weight is written into the run's config (RUN/config.yaml and the final checkpoint's), so
 ``difflab sample`` and ``difflab eval fd`` use it; every weight tried and its distance go to
-RUN/guidance.json and the log. The choice costs at most ``5 x 250 x sample.steps x 2`` network
+RUN/guidance.json and the log. The choice costs at most ``6 x 250 x sample.steps x 2`` network
 evaluations per image after training (not training time): on one CPU core about 5 minutes for 28x28
 MNIST with the automatic recipe's network.
 """
@@ -22,6 +23,7 @@ MNIST with the automatic recipe's network.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -34,12 +36,13 @@ CHOOSE_SAMPLES = 250        # samples per weight (at most train.eval_n): the fir
 START_IF_ZERO = 0.25        # a run configured without guidance starts the search here (0 is tried too)
 
 
-def search_guidance(measure: Callable[[float], float], start: float | None, *, max_tries: int = 5,
+def search_guidance(measure: Callable[[float], float], start: float | None, *, max_tries: int = 6,
                     max_weight: float = 8.0) -> tuple[float, dict[float, float]]:
     """``(best weight, {weight: distance})``. ``measure(w)`` is the distance at weight ``w`` (lower is
     better); each weight is measured once, at most ``max_tries`` of them. From ``start``
     (:data:`START_IF_ZERO` when it is None or 0): double while the distance falls (up to ``max_weight``);
-    if the first doubling did not help, halve at most twice while it falls, then try 0."""
+    if the first doubling did not help, halve at most twice while it falls, then try 0. Last, when the
+    best weight's double and half were both measured, the geometric midpoint toward the better of them."""
     if max_tries < 1:
         raise ValueError(f"max_tries must be >= 1, got {max_tries}")
     tried: dict[float, float] = {}
@@ -64,6 +67,12 @@ def search_guidance(measure: Callable[[float], float], start: float | None, *, m
             best = round(best / 2, 3)
         if better(0.0, best):
             best = 0.0
+    if best > 0:       # between the best and its better neighbour (a factor of 2 either side): the midpoint
+        up, down = tried.get(round(best * 2, 3)), tried.get(round(best / 2, 3))
+        if up is not None and down is not None:
+            mid = best * math.sqrt(2) if up < down else best / math.sqrt(2)
+            if better(mid, best):
+                best = round(mid, 3)
     return best, tried
 
 
