@@ -78,11 +78,13 @@ def search_guidance(measure: Callable[[float], float], start: float | None, *, m
 
 def apply_guidance(run_dir: str | Path, config, checkpoint: Path | None, weight: float, tried: dict[float, float],
                    detail: dict) -> object:
-    """Write ``weight`` as ``sample.guidance_scale`` into the run's config and ``checkpoint``'s, and the search
-    into RUN/guidance.json; returns the new config."""
+    """Write ``weight`` as ``sample.guidance_scale`` (0: null, no guidance) into the run's config and
+    ``checkpoint``'s, and the search into RUN/guidance.json; returns the new config."""
     import dataclasses
 
-    new = dataclasses.replace(config, sample=dataclasses.replace(config.sample, guidance_scale=float(weight)))
+    # w = 0 is the conditional model itself: no guidance, so sampling makes one network call, not two
+    scale = float(weight) if weight > 0 else None
+    new = dataclasses.replace(config, sample=dataclasses.replace(config.sample, guidance_scale=scale))
     run_dir = Path(run_dir)
     save_config(new, run_dir / "config.yaml")
     if checkpoint is not None and (checkpoint / "config.yaml").is_file():

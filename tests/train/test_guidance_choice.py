@@ -78,9 +78,21 @@ def test_a_run_chooses_its_guidance_on_training_images_and_writes_it_where_sampl
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert record["reference_images"] == len(split["train"]) == 48 - len(split["heldout"]) < 48
     for path in (tmp_path / "run" / "config.yaml", result.checkpoint / "config.yaml"):
-        assert yaml.safe_load(path.read_text())["sample"]["guidance_scale"] == record["chosen"]
-    assert load_run(tmp_path / "run").config.sample.guidance_scale == record["chosen"]
+        assert yaml.safe_load(path.read_text())["sample"]["guidance_scale"] == (record["chosen"] or None)
+    assert load_run(tmp_path / "run").config.sample.guidance_scale == (record["chosen"] or None)
     assert any(f"w={record['chosen']:g} chosen" in m for m in logs)
     # a resumed run keeps training (the sample section may differ from the original config)
     more = resolve_config(base=cfg, overrides=["train.steps=4"])
     assert train(more, tmp_path / "run", resume=True, progress=False, log=logs.append).step == 4
+
+
+def test_a_chosen_weight_of_zero_turns_guidance_off(tmp_path):
+    """w = 0 is the conditional model: the config says null, so sampling makes one network call per step."""
+    from difflab.train.guidance_choice import apply_guidance
+
+    cfg = resolve_config("tiny", overrides=["data.labels=true", "model.num_classes=10", "sample.guidance_scale=0.3"])
+    new = apply_guidance(tmp_path, cfg, None, 0.0, {0.0: 1.0, 0.3: 2.0}, {})
+    assert new.sample.guidance_scale is None
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["sample"]["guidance_scale"] is None
+    assert json.loads((tmp_path / GUIDANCE_FILE).read_text())["chosen"] == 0.0
+
