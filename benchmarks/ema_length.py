@@ -21,44 +21,51 @@ Writes the "## EMA length" section of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
 import sys
 from pathlib import Path
 
-import torch
 
 from _common import RESULTS, ROOT, write_section  # noqa: E402
 from own_data import DATASETS, DIFFLAB, data_arg, run_all, seed_featurizers  # noqa: E402
+from difflab.train.ema import EMA  # noqa: E402
 from difflab.train.task import Callback  # noqa: E402
 
 HEADING = "## EMA length: one run, several averages"
 FRACTIONS = (0.05, 0.2, 0.3, 0.5)
 
 
+class Track(EMA):
+    """:class:`difflab.train.EMA` with a horizon of ``fraction`` x the updates so far:
+    ``d_n = 1 - 1 / max(1, fraction (n + 1))``."""
+
+    def __init__(self, model, fraction: float):
+        super().__init__(model, 0.0, warmup=False)
+        self.fraction = fraction
+
+    def current_decay(self) -> float:
+        return 1.0 - 1.0 / max(1.0, self.fraction * (self.num_updates + 1))
+
+
 class EMATracks(Callback):
-    """Averages of the run's weights whose horizon is ``fraction`` x the steps so far (a training callback)."""
+    """One :class:`Track` per fraction, updated after every step and saved at the end (a training callback)."""
 
     def __init__(self, fractions, out: Path):
-        self.fractions, self.out, self.models = tuple(fractions), out, []
+        self.fractions, self.out, self.tracks = tuple(fractions), out, []
 
     def on_start(self, run) -> None:
-        self.models = [copy.deepcopy(run.nets.model).eval().requires_grad_(False) for _ in self.fractions]
+        self.tracks = [Track(run.nets.model, f) for f in self.fractions]
 
-    @torch.no_grad()
     def on_step_end(self, run) -> None:
-        params = [p.detach() for p in run.nets.model.parameters()]
-        for f, m in zip(self.fractions, self.models):
-            torch._foreach_lerp_(list(m.parameters()), params, 1.0 / max(1.0, f * run.step))
-            for eb, b in zip(m.buffers(), run.nets.model.buffers()):
-                eb.copy_(b)
+        for t in self.tracks:
+            t.update(run.nets.model)
 
     def on_end(self, run, result) -> None:
         from safetensors.torch import save_file
         self.out.mkdir(parents=True, exist_ok=True)
-        for f, m in zip(self.fractions, self.models):
-            save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(self.out / f"f{f:g}.safetensors"))
+        for f, t in zip(self.fractions, self.tracks):
+            save_file({k: v.contiguous() for k, v in t.state_dict().items()}, str(self.out / f"f{f:g}.safetensors"))
         (self.out / "steps.json").write_text(json.dumps({"step": run.step, "fractions": list(self.fractions)}))
 
 

@@ -44,6 +44,7 @@ from ..rng import randint, randn
 from ..sampling import sample_images, with_default_guidance
 from ..eval.frechet import compute_stats, frechet_distance
 from .guidance_choice import CHOOSE_SAMPLES, REFERENCE_IMAGES, apply_guidance, search_guidance
+from ..runs import CONFIG_NAME
 from .heldout import HeldoutData
 from .metrics import plot_eval
 from .task import Callback, RunState, TrainResult
@@ -79,7 +80,6 @@ class Evaluation(Callback):
         self.ref: HeldoutReference | None = None
         self.eval_seconds, self.last_step, self.next_due = 0.0, -1, math.inf
         self.train_stats = None          # the training images' features, for train.choose_guidance
-        self.last_samples: tuple[int, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ set-up (rank 0)
     def on_start(self, run: RunState) -> None:
@@ -168,16 +168,11 @@ class Evaluation(Callback):
         model = run.eval_model
         model.eval()
         start = cfg.sample.guidance_scale
-
         n = min(self.ref.n, CHOOSE_SAMPLES)
 
         def measure(w: float) -> float:
-            last = self.last_samples
-            if last is not None and last[0] == run.step and len(last[1]) == n and w == round(start or -1, 3):
-                x = last[1]          # the final evaluation drew these already
-            else:
-                with torch.random.fork_rng(devices=[run.env.device] if run.env.device.type == "cuda" else []):
-                    x = self._samples(run, model, guidance=w, n=n)
+            with torch.random.fork_rng(devices=[run.env.device] if run.env.device.type == "cuda" else []):
+                x = self._samples(run, model, guidance=w, n=n)
             feats = self.ref.featurizer.features(x, batch_size=256)
             d = frechet_distance(compute_stats(feats, self.ref.featurizer.name, "samples", "generated"),
                                  self.train_stats)
@@ -193,12 +188,11 @@ class Evaluation(Callback):
                               "featurizer": self.ref.featurizer.name, "seconds": round(took, 1)})
         run.env.log(f"guidance: w={best:g} chosen (was {start if start is not None else 'none'}; tried "
                     + ", ".join(f"{w:g}: {d:.4g}" for w, d in sorted(tried.items()))
-                    + f"; {took:.0f} s); written to {run.run_dir / 'config.yaml'}")
-        self.config = new
-        if hasattr(run.task, "config") and result.samples is not None:
-            run.task.config = new
+                    + f"; {took:.0f} s); written to {run.run_dir / CONFIG_NAME}")
+        self.config = run.task.config = new
+        if result.samples is not None:
             result.samples = run.task.sample(model, result.samples)
-            run.log_figure(getattr(run.task, "sample_tag", "samples"), result.samples)
+            run.log_figure(run.task.sample_tag, result.samples)
         return best
 
     # ------------------------------------------------------------------ one evaluation
@@ -215,9 +209,7 @@ class Evaluation(Callback):
             try:
                 row = {"heldout_loss": self._heldout_loss(run, model)}
                 if self.ref is not None:
-                    x = self._samples(run, model)
-                    self.last_samples = (run.step, x)
-                    r = evaluate_against(self.ref, x)
+                    r = evaluate_against(self.ref, self._samples(run, model))
                     row.update(fd=r["fd"], fd_floor=r["floor_fd"], fd_over_floor=r["fd_over_floor"],
                                precision=r["precision"], precision_floor=r["floor_precision"],
                                recall=r["recall"], recall_floor=r["floor_recall"], eval_n=r["n"])

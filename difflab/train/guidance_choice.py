@@ -22,6 +22,7 @@ MNIST with the automatic recipe's network.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Callable
 
 from ..config import save_config
 from ..files import write_text_atomic
+from ..runs import CONFIG_NAME
 
 GUIDANCE_FILE = "guidance.json"
 REFERENCE_IMAGES = 10_000
@@ -80,15 +82,13 @@ def apply_guidance(run_dir: str | Path, config, checkpoint: Path | None, weight:
                    detail: dict) -> object:
     """Write ``weight`` as ``sample.guidance_scale`` (0: null, no guidance) into the run's config and
     ``checkpoint``'s, and the search into RUN/guidance.json; returns the new config."""
-    import dataclasses
-
     # w = 0 is the conditional model itself: no guidance, so sampling makes one network call, not two
     scale = float(weight) if weight > 0 else None
     new = dataclasses.replace(config, sample=dataclasses.replace(config.sample, guidance_scale=scale))
     run_dir = Path(run_dir)
-    save_config(new, run_dir / "config.yaml")
-    if checkpoint is not None and (checkpoint / "config.yaml").is_file():
-        save_config(new, checkpoint / "config.yaml")
+    save_config(new, run_dir / CONFIG_NAME)
+    if checkpoint is not None and (checkpoint / CONFIG_NAME).is_file():
+        save_config(new, checkpoint / CONFIG_NAME)
     record = {"chosen": float(weight), "configured": config.sample.guidance_scale,
               "tried": [{"w": w, "fd_train": d} for w, d in sorted(tried.items())], **detail}
     write_text_atomic(run_dir / GUIDANCE_FILE, json.dumps(record, indent=2) + "\n")
