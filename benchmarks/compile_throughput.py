@@ -13,7 +13,10 @@ medians:
 * training step: forward, the loss of the preset's diffusion (``GaussianDiffusion.training_losses``
   with its prediction target and loss weighting), backward, AdamW step -> images/s;
 * sampling: one network evaluation under ``torch.no_grad`` in eval mode -> images/s per network
-  evaluation (a sample at N NFE costs N of them; a classifier-free guided step is 2 images' worth).
+  evaluation (a sample at N NFE costs N of them; a classifier-free guided step is 2 images' worth),
+  three ways: eager, compiled, and compiled with the weights frozen into the code
+  (``compile_model(freeze=True)``, what ``difflab sample --compile`` uses). Sampling runs on a copy
+  of the module in eval mode, which the training steps do not change (frozen weights must not).
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the eager module; "% of peak" is
 the achieved FLOP rate over the fp32 peak measured in the same run: the best of a 2048^3 matmul and a
@@ -28,6 +31,7 @@ shared and the figures are disturbed. Writes the "## Compiled vs eager" section 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shlex
 import statistics
@@ -64,6 +68,7 @@ class Bench:
         self.noise = torch.randn(self.x.shape, generator=g)
         self.kwargs = {} if m.num_classes is None else {"y": torch.randint(0, m.num_classes, (batch,), generator=g)}
         self.params = sum(p.numel() for p in self.module.parameters())
+        self.sampler_module = copy.deepcopy(self.module).eval()   # the weights sampling sees: never trained
 
     def train_step(self, fn) -> None:
         self.module.train()
@@ -74,7 +79,6 @@ class Bench:
 
     @torch.no_grad()
     def forward(self, fn):
-        self.module.eval()
         return fn(self.x, self.t, **self.kwargs)
 
     def flops(self, backward: bool) -> int:
@@ -102,16 +106,21 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict:
     # the repeats below measure speed). Two wrappers of the one module: the parameters are shared.
     messages = []
     log = lambda msg: messages.append(msg)  # noqa: E731
-    cm_train, cm_infer = compile_model(b.module, log=log), compile_model(b.module, probe_calls=0, log=log)
+    frozen_module = copy.deepcopy(b.sampler_module)   # the same weights; its own copy to fold
+    cm_train, cm_infer = compile_model(b.module, log=log), compile_model(b.sampler_module, probe_calls=0, log=log)
+    cm_frozen = compile_model(frozen_module, probe_calls=0, freeze=True, log=log)
     b.train_step(b.module)                 # eager warm-up (oneDNN primitive caches)
     compile_train_s = timed(lambda: b.train_step(cm_train))
-    b.forward(b.module)
+    b.forward(b.sampler_module)
     compile_infer_s = timed(lambda: b.forward(cm_infer))
-    ok = cm_train.report.status == "compiled" and cm_infer.report.status == "compiled"
+    compile_frozen_s = timed(lambda: b.forward(cm_frozen))
+    ok = all(cm.report.status == "compiled" for cm in (cm_train, cm_infer, cm_frozen))
     print(f"[{preset}] compile: first training step {compile_train_s:.1f} s, first sampling forward "
-          f"{compile_infer_s:.1f} s; " + " | ".join(messages), flush=True)
-    cache = [(r.cache_hits or 0, r.cache_misses or 0) for r in (cm_train.report, cm_infer.report)]
-    fns = {"eager": b.module, "compiled": (cm_train, cm_infer) if ok else None}
+          f"{compile_infer_s:.1f} s, frozen {compile_frozen_s:.1f} s; " + " | ".join(messages), flush=True)
+    cache = [(r.cache_hits or 0, r.cache_misses or 0) for r in (cm_train.report, cm_infer.report, cm_frozen.report)]
+    # (training function, sampling function) per variant; the frozen variant samples only
+    fns = {"eager": (b.module, b.sampler_module), "compiled": (cm_train, cm_infer) if ok else None,
+           "frozen": (None, cm_frozen) if ok else None}
     train = {k: [] for k in fns}
     infer = {k: [] for k in fns}
     loads, peaks = [os.getloadavg()[0]], []
@@ -120,18 +129,20 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict:
         for k in (order if r % 2 == 0 else order[::-1]):
             if fns[k] is None:
                 continue
-            f_train, f_infer = (fns[k], fns[k]) if k == "eager" else fns[k]
-            train[k].append(batch / timed(lambda: b.train_step(f_train)))
+            f_train, f_infer = fns[k]
+            if f_train is not None:
+                train[k].append(batch / timed(lambda: b.train_step(f_train)))
             infer[k].append(batch / timed(lambda: b.forward(f_infer)))
         peaks.append((matmul_peak(repeats=3)[0], conv_peak(repeats=3)[0]))
         loads.append(os.getloadavg()[0])
         print(f"[{preset}] repeat {r + 1}/{repeats}: " + ", ".join(
-            f"{k} train {train[k][-1]:.1f} img/s sample {infer[k][-1]:.1f} img/s" for k in fns if train[k]),
-            flush=True)
+            f"{k} " + (f"train {train[k][-1]:.1f} img/s " if train[k] else "") + f"sample {infer[k][-1]:.1f} img/s"
+            for k in fns if infer[k]), flush=True)
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
     return dict(preset=preset, batch=batch, params=b.params, fl_fwd=fl_fwd, fl_train=fl_train, repeats=repeats,
-                compile_train_s=compile_train_s, compile_infer_s=compile_infer_s, ok=ok,
-                max_diff=cm_infer.report.max_abs_diff, cache=cache, messages=messages,
+                compile_train_s=compile_train_s, compile_infer_s=compile_infer_s, compile_frozen_s=compile_frozen_s,
+                ok=ok, max_diff=cm_infer.report.max_abs_diff, max_diff_frozen=cm_frozen.report.max_abs_diff,
+                cache=cache, messages=messages,
                 train={k: med(v) for k, v in train.items()},
                 infer={k: med(v) for k, v in infer.items()}, load=(min(loads), statistics.median(loads), max(loads)),
                 peaks=peaks)
@@ -151,35 +162,40 @@ def render(results: list[dict], peaks: tuple[float, float], threads: int, comman
              f"CPU, {threads} torch thread(s), torch {torch.__version__}. One module per preset (random weights, "
              "seed 0), timed eager and behind `difflab.compile.compile_model` (TorchInductor, the same parameters), "
              "alternating repeats, medians. Training: forward, the preset's diffusion loss, backward, AdamW. "
-             "Sampling: one network evaluation (no_grad, eval mode) per image; a sample at N NFE costs N of them. "
+             "Sampling: one network evaluation (no_grad, eval mode) per image; a sample at N NFE costs N of them; "
+             "compiled as in training, and compiled with the weights frozen into the code (`freeze=True`, what "
+             "`difflab sample --compile` uses). "
              f"fp32 peak measured in the same run: best matmul {peaks[0]:.0f} GFLOP/s, best 3x3 convolution "
              f"{peaks[1]:.0f} GFLOP/s; % of peak = achieved FLOP/s (FlopCounterMode) / {peak:.0f} GFLOP/s (the "
              "larger; torch's matmul library is not tuned for this CPU). Compile: the first training "
-             "step (forward + backward graphs) and the first sampling forward, timed on their own.", ""]
+             "step (forward + backward graphs) and the first sampling forward (unfrozen / frozen), timed on their "
+             "own.", ""]
     if note:
         lines += [note, ""]
     lines += ["| preset | batch | params | train img/s eager | compiled | ratio | train % peak eager / compiled "
-              "| sample img/s eager | compiled | ratio | sample % peak eager / compiled | compile s (train / sample) "
-              "| break-even (train min) | load avg (min-max) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| sample img/s eager | compiled | ratio | frozen | ratio | sample % peak eager / compiled / frozen "
+              "| compile s (train / sample / frozen) | break-even (train min) | load avg (min-max) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         te, tc = r["train"]["eager"], r["train"]["compiled"]
-        ie, ic = r["infer"]["eager"], r["infer"]["compiled"]
+        ie, ic, iz = r["infer"]["eager"], r["infer"]["compiled"], r["infer"]["frozen"]
         pct = lambda fl, rate: 100 * fl / r["batch"] * rate / 1e9 / peak  # noqa: E731
         be = break_even_minutes(r["compile_train_s"], te, tc)
         lines.append(f"| {r['preset']} | {r['batch']} | {r['params']:,} | {te:.1f} | {tc:.1f} | **{tc / te:.2f}x** | "
                      f"{pct(r['fl_train'], te):.0f}% / {pct(r['fl_train'], tc):.0f}% | {ie:.1f} | {ic:.1f} | "
-                     f"**{ic / ie:.2f}x** | {pct(r['fl_fwd'], ie):.0f}% / {pct(r['fl_fwd'], ic):.0f}% | "
-                     f"{r['compile_train_s']:.0f} / {r['compile_infer_s']:.0f} | "
+                     f"**{ic / ie:.2f}x** | {iz:.1f} | **{iz / ie:.2f}x** | {pct(r['fl_fwd'], ie):.0f}% / "
+                     f"{pct(r['fl_fwd'], ic):.0f}% / {pct(r['fl_fwd'], iz):.0f}% | "
+                     f"{r['compile_train_s']:.0f} / {r['compile_infer_s']:.0f} / {r['compile_frozen_s']:.0f} | "
                      f"{'never' if be == float('inf') else f'{be:.1f}'} | {r['load'][0]:.1f}-{r['load'][2]:.1f} |")
     lines.append("")
     for r in results:
-        (hit_t, miss_t), (hit_i, miss_i) = r["cache"]
-        diff = "n/a" if r["max_diff"] is None else f"{r['max_diff']:.1e}"
+        (hit_t, miss_t), (hit_i, miss_i), (hit_z, miss_z) = r["cache"]
+        diff = lambda d: "n/a" if d is None else f"{d:.1e}"  # noqa: E731
         lines.append(f"- `{r['preset']}`: forward {r['fl_fwd'] / r['batch'] / 1e9:.2f} GFLOP/image, training step "
-                     f"{r['fl_train'] / r['batch'] / 1e9:.2f} GFLOP/image; {r['repeats']} repeats; compiled sampling "
-                     f"output vs eager: max |diff| {diff}; inductor cache hits / misses: training compile "
-                     f"{hit_t} / {miss_t}, sampling compile {hit_i} / {miss_i}"
+                     f"{r['fl_train'] / r['batch'] / 1e9:.2f} GFLOP/image; {r['repeats']} repeats; sampling output "
+                     f"vs eager: max |diff| {diff(r['max_diff'])} compiled, {diff(r['max_diff_frozen'])} frozen; "
+                     f"inductor cache hits / misses: training compile {hit_t} / {miss_t}, sampling compile "
+                     f"{hit_i} / {miss_i}, frozen {hit_z} / {miss_z}"
                      + ("" if r["ok"] else "; COMPILE FELL BACK TO EAGER: " + " | ".join(r["messages"])) + ".")
     lines += ["", "Break-even: the eager training time after which a compiled run, having paid its compile time, "
               "has done as many steps (compile s / (1 - eager / compiled rate)); a 25-minute budget gains from "

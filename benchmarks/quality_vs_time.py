@@ -242,8 +242,10 @@ def report(rows: list[dict], args, argv: list[str]) -> str:
     label = {r: LABELS[r].format(preset=args.preset) for r in recipes}
     marks = sorted({r["minutes"] for r in rows})
     how = json.loads((Path(args.out) / "mode.json").read_text())
-    mode = (f"the recipes at the same time, one thread each ({', '.join(how.get('recipes', ['difflab', 'diffusers']))})"
-            if how["parallel"] else f"one recipe after the other, {how['threads']} thread(s) each")
+    trained = how.get("recipes", ["difflab", "diffusers"])
+    mode = (f"the recipes at the same time, one thread each ({', '.join(trained)})"
+            if how["parallel"] and len(trained) > 1 else "one thread" if how["parallel"]
+            else f"one recipe after the other, {how['threads']} thread(s) each")
     earlier = sorted({r["earlier"] for r in rows if r.get("earlier")})
     lines = [heading(args), "", f"Command: `python benchmarks/quality_vs_time.py {' '.join(argv)}`", "",
              f"MNIST, {args.minutes:g} minutes of training wall-clock per recipe on this machine ({mode}); "

@@ -23,6 +23,14 @@ differ between the two paths and a forward-only timing would leave the backward 
 no output check or speed probe under autograd; the training benchmark
 (benchmarks/compile_throughput.py) measures whole steps instead.
 
+``freeze=True`` (sampling a loaded run: ``difflab sample --compile``) compiles the inference graphs
+with TorchInductor's *freezing*: the parameters become constants of the compiled code, so it can
+fold them and, on CPU, hand oneDNN its convolution weights already in the layout its kernels use
+(eager reorders them on every call). That is only valid while the parameters do not change:
+their version counters are recorded at the first call, and a later call that finds one changed
+(an optimizer step, ``load_state_dict``, any in-place write) runs eager from then on, with a
+message. Graphs compiled under autograd are never frozen.
+
 Caching between runs is TorchInductor's own on-disk cache (compiled graphs keyed by graph,
 inputs and torch version), on by default: a second process compiling the same network skips
 code generation and the C++ build. It lives in ``$TORCHINDUCTOR_CACHE_DIR`` (torch's default:
@@ -146,6 +154,18 @@ def outputs_close(a, b, rtol: float, atol: float) -> bool:
                      <= atol + rtol * y.detach().double().abs()).all()) for x, y in zip(ta, tb))
 
 
+def _with_freezing(compiled: Callable) -> Callable:
+    """``compiled`` called with TorchInductor's freezing on, so that the graphs it compiles (lazily, on
+    the calls that need them) are frozen. torch.compile's ``options={"freezing": True}`` alone does not
+    reach the check that turns freezing on (torch 2.13), so the global setting is patched around each call."""
+    from torch._inductor import config as inductor_config
+
+    def call(*args, **kwargs):
+        with inductor_config.patch(freezing=True):
+            return compiled(*args, **kwargs)
+    return call
+
+
 class CompiledModel:
     """A model function running ``torch.compile(module)``, checked against and falling back to ``module``.
 
@@ -156,22 +176,34 @@ class CompiledModel:
 
     def __init__(self, module: Callable, *, backend: str = "inductor", mode: str | None = None,
                  dynamic: bool | None = None, check: bool = True, rtol: float = 1e-3, atol: float = 1e-4,
-                 probe_calls: int = 2, log: Callable[[str], None] | None = None):
+                 probe_calls: int = 2, freeze: bool = False, log: Callable[[str], None] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown torch.compile backend {backend!r}; allowed: {', '.join(BACKENDS)}")
         if probe_calls < 0:
             raise ValueError(f"probe_calls must be >= 0, got {probe_calls}")
+        if freeze and backend != "inductor":
+            raise ValueError(f"freeze=True is TorchInductor's freezing; the {backend!r} backend has none")
+        if freeze and mode is not None:
+            raise ValueError("freeze=True cannot be combined with a mode (torch.compile takes a mode or options)")
         self.module = module
         self.backend, self.check, self.rtol, self.atol = backend, check, rtol, atol
         self.probe_calls = probe_calls
+        self.freeze = freeze
         self.log = log
         self.report = CompileReport()
-        self.compiled = torch.compile(module, backend=backend, mode=mode, dynamic=dynamic)
+        self._versions: list[int] | None = None   # the parameters' version counters when frozen
+        # options: a frozen and an unfrozen compile of the same network get distinct entries in dynamo's cache
+        compiled = torch.compile(module, backend=backend, mode=mode, dynamic=dynamic,
+                                 options={"freezing": True} if freeze else None)
+        self.compiled = _with_freezing(compiled) if freeze else compiled
 
     # ------------------------------------------------------------------ dispatch
     def __call__(self, *args, **kwargs):
         state = self.report.status
         if state == "eager":
+            return self.module(*args, **kwargs)
+        if self._versions is not None and self._versions != self._current_versions():
+            self._fall_back("the parameters changed after they were frozen into the compiled code")
             return self.module(*args, **kwargs)
         if state == "compiled" or (state == "probing" and torch.is_grad_enabled()):
             return self.compiled(*args, **kwargs)
@@ -188,8 +220,15 @@ class CompiledModel:
         self.report.status = "eager"
         self._say(message + "; running eager")
 
+    def _current_versions(self) -> list[int]:
+        tensors = list(self.module.parameters()) + list(self.module.buffers()) \
+            if isinstance(self.module, torch.nn.Module) else []
+        return [t._version for t in tensors]
+
     def _first_call(self, args, kwargs):
         before = _cache_counts()
+        if self.freeze:
+            self._versions = self._current_versions()
         try:
             t0 = time.perf_counter()
             if torch.is_grad_enabled():
@@ -256,5 +295,5 @@ class CompiledModel:
 
 def compile_model(module: Callable, **options) -> CompiledModel:
     """``module`` compiled with torch.compile (TorchInductor by default) behind the checks of
-    :class:`CompiledModel` (options: backend, mode, dynamic, check, rtol, atol, probe_calls, log)."""
+    :class:`CompiledModel` (options: backend, mode, dynamic, check, rtol, atol, probe_calls, freeze, log)."""
     return CompiledModel(module, **options)

@@ -62,12 +62,62 @@ def test_inductor_output_and_training_step_match_eager():
     assert cm.module is net
 
 
+@pytest.mark.slow
+def test_frozen_inference_matches_eager_and_a_changed_parameter_goes_back_to_eager():
+    net = TinyNet().eval()
+    x, t = _inputs()
+    logs = []
+    unfrozen = compile_model(TinyNet().eval(), probe_calls=0)   # compiled first: its graph must not be reused
+    cm = compile_model(net, probe_calls=0, freeze=True, log=logs.append)
+    with torch.no_grad():
+        unfrozen(x, t)
+        out = cm(x, t)
+        torch.testing.assert_close(out, net(x, t), rtol=1e-4, atol=1e-5)
+        assert cm.report.status == "compiled", cm.report.message
+        if torch.backends.mkldnn.is_available() and x.device.type == "cpu":
+            # frozen on CPU: the convolutions run on weights pre-packed for oneDNN, which eager never calls
+            from torch.profiler import profile
+            for f, packed in ((cm, True), (unfrozen, False)):
+                with profile() as prof:
+                    f(x, t)
+                ops = {e.key for e in prof.key_averages()}
+                assert any(k.startswith("mkldnn::_convolution_pointwise") for k in ops) == packed, sorted(ops)
+        torch.testing.assert_close(cm(*_inputs(seed=2)), net(*_inputs(seed=2)), rtol=1e-4, atol=1e-5)
+        # the weights were folded into the compiled code: a change must not be silently ignored
+        net.conv2.weight.mul_(2.0)
+        changed = cm(x, t)
+    assert cm.report.status == "eager" and "parameters changed" in logs[-1]
+    with torch.no_grad():
+        torch.testing.assert_close(changed, net(x, t))
+    assert not torch.allclose(changed, out)
+
+
 def _with_compiled(fn, net=None, **options):
     """A CompiledModel whose "compiled" function is ``fn`` (a stand-in: no real compilation)."""
     net = net or TinyNet()
     cm = CompiledModel(net, **options)
     cm.compiled = fn
     return cm, net
+
+
+def test_a_frozen_model_checks_its_parameters_on_every_call():
+    """Stand-in compiled function: only the version check is under test (no compilation)."""
+    calls = []
+    cm, net = _with_compiled(lambda x, t: calls.append(1) or torch.zeros(()), freeze=True, check=False, log=print)
+    x, t = _inputs()
+    with torch.no_grad():
+        cm(x, t), cm(x, t)
+        assert len(calls) == 2 and cm.report.status == "compiled"
+        net.load_state_dict(TinyNet().state_dict())   # an in-place copy: new versions, even with equal values
+        out = cm(x, t)
+    assert len(calls) == 2 and cm.report.status == "eager" and out.shape == (4, 2, 8, 8)
+    # an unfrozen model does not track versions
+    cm2, net2 = _with_compiled(lambda x, t: torch.zeros(()), check=False)
+    with torch.no_grad():
+        cm2(x, t)
+        net2.conv1.weight.add_(1)
+        cm2(x, t)
+    assert cm2.report.status == "compiled"
 
 
 def test_a_compile_failure_falls_back_to_eager_with_one_line():
@@ -152,6 +202,10 @@ def test_options_are_validated_and_the_cache_folder_is_named(monkeypatch):
         compile_model(TinyNet(), backend="tvm")
     with pytest.raises(ValueError, match="probe_calls"):
         compile_model(TinyNet(), probe_calls=-1)
+    with pytest.raises(ValueError, match="freezing"):
+        compile_model(TinyNet(), backend="aot_eager", freeze=True)
+    with pytest.raises(ValueError, match="mode"):
+        compile_model(TinyNet(), mode="max-autotune", freeze=True)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/some/cache")
     assert inductor_cache_dir() == "/some/cache"
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")

@@ -42,9 +42,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--compile", action="store_true",
-                   help="run the network through torch.compile (inductor): the first batch pays the compile time "
-                        "(reported; inductor caches it on disk for later runs); eager with a message if compiling "
-                        "fails, changes the output or is not faster")
+                   help="run the network through torch.compile (inductor, with the weights frozen into the "
+                        "compiled code): the first batch pays the compile time (reported; inductor caches it on disk "
+                        "for later runs); eager with a message if compiling fails, changes the output or is not faster")
     add_guidance_arguments(p)
     add_conditioning_arguments(p)
 
@@ -64,14 +64,16 @@ def solver_options(args, sc) -> dict:
 
 
 def compiled_run(args, run):
-    """``run`` with its network behind torch.compile when --compile is given (messages go to the user)."""
+    """``run`` with its network behind torch.compile when --compile is given (messages go to the user).
+
+    The weights are frozen into the compiled code (``freeze=True``): sampling never changes them."""
     import dataclasses
 
     if not args.compile:
         return run
     from ..compile import compile_model
 
-    return dataclasses.replace(run, model=compile_model(run.model, log=lambda msg: say(f"--compile: {msg}")))
+    return dataclasses.replace(run, model=compile_model(run.model, freeze=True, log=lambda msg: say(f"--compile: {msg}")))
 
 
 def run_sample(args) -> int:
