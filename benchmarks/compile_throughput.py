@@ -18,6 +18,15 @@ medians:
   (``compile_model(freeze=True)``, what ``difflab sample --compile`` uses). Sampling runs on a copy
   of the module in eval mode, which the training steps do not change (frozen weights must not).
 
+A fourth variant, eager on a copy of the module and inputs stored channels-last (NHWC), shows what
+the memory layout alone gives: TorchInductor lays convolutions out channels-last on CPU by itself.
+
+What compiling can win at most: TorchInductor hands convolutions to oneDNN kernels (extern calls), so
+a compiled call can never take less than the time spent in them. ``torch.profiler`` measures that time
+(self CPU time of every op named ``*convolution*``: forward, backward, pre-packed) in the compiled
+training step and the frozen sampling call, best of three; eager seconds / those seconds is the
+ratio the compiled path would reach if everything else in it cost nothing.
+
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the eager module; "% of peak" is
 the achieved FLOP rate over the fp32 peak measured in the same run: the best of a 2048^3 matmul and a
 3x3 convolution (256 channels, oneDNN), each measured before, after, and once in every repeat, so
@@ -54,7 +63,7 @@ REPEATS = {"mnist-fast": 7, "mnist": 7, "cifar10": 3}
 class Bench:
     """One preset's module, its batch and its training step, eager or through a compiled function."""
 
-    def __init__(self, preset: str, batch: int):
+    def __init__(self, preset: str, batch: int, channels_last: bool = False):
         cfg = RUN_PRESETS[preset]
         self.preset, self.batch, self.cfg = preset, batch, cfg.model
         torch.manual_seed(0)
@@ -68,6 +77,11 @@ class Bench:
         self.noise = torch.randn(self.x.shape, generator=g)
         self.kwargs = {} if m.num_classes is None else {"y": torch.randint(0, m.num_classes, (batch,), generator=g)}
         self.params = sum(p.numel() for p in self.module.parameters())
+        if channels_last:   # the same weights and inputs, stored channels-last (NHWC): oneDNN's own layout
+            cl = torch.channels_last
+            self.module = self.module.to(memory_format=cl)
+            self.opt = torch.optim.AdamW(self.module.parameters(), lr=1e-4)
+            self.x, self.noise = self.x.contiguous(memory_format=cl), self.noise.contiguous(memory_format=cl)
         self.sampler_module = copy.deepcopy(self.module).eval()   # the weights sampling sees: never trained
 
     def train_step(self, fn) -> None:
@@ -118,9 +132,14 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict:
     print(f"[{preset}] compile: first training step {compile_train_s:.1f} s, first sampling forward "
           f"{compile_infer_s:.1f} s, frozen {compile_frozen_s:.1f} s; " + " | ".join(messages), flush=True)
     cache = [(r.cache_hits or 0, r.cache_misses or 0) for r in (cm_train.report, cm_infer.report, cm_frozen.report)]
-    # (training function, sampling function) per variant; the frozen variant samples only
-    fns = {"eager": (b.module, b.sampler_module), "compiled": (cm_train, cm_infer) if ok else None,
-           "frozen": (None, cm_frozen) if ok else None}
+    # (training step, sampling call) per variant; the frozen variant samples only. "channels-last": eager
+    # again, on a copy of the module and inputs stored channels-last (no compiling)
+    bc = Bench(preset, batch, channels_last=True)
+    bc.train_step(bc.module)
+    fns = {"eager": (lambda: b.train_step(b.module), lambda: b.forward(b.sampler_module)),
+           "compiled": (lambda: b.train_step(cm_train), lambda: b.forward(cm_infer)) if ok else None,
+           "frozen": (None, lambda: b.forward(cm_frozen)) if ok else None,
+           "channels-last": (lambda: bc.train_step(bc.module), lambda: bc.forward(bc.sampler_module))}
     train = {k: [] for k in fns}
     infer = {k: [] for k in fns}
     loads, peaks = [os.getloadavg()[0]], []
@@ -131,21 +150,38 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict:
                 continue
             f_train, f_infer = fns[k]
             if f_train is not None:
-                train[k].append(batch / timed(lambda: b.train_step(f_train)))
-            infer[k].append(batch / timed(lambda: b.forward(f_infer)))
+                train[k].append(batch / timed(f_train))
+            infer[k].append(batch / timed(f_infer))
         peaks.append((matmul_peak(repeats=3)[0], conv_peak(repeats=3)[0]))
         loads.append(os.getloadavg()[0])
         print(f"[{preset}] repeat {r + 1}/{repeats}: " + ", ".join(
             f"{k} " + (f"train {train[k][-1]:.1f} img/s " if train[k] else "") + f"sample {infer[k][-1]:.1f} img/s"
             for k in fns if infer[k]), flush=True)
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
-    return dict(preset=preset, batch=batch, params=b.params, fl_fwd=fl_fwd, fl_train=fl_train, repeats=repeats,
+    # the bound: eager seconds per call over the compiled call's seconds inside convolution kernels
+    conv_train = conv_infer = float("nan")
+    if ok:
+        conv_train = convolution_seconds(lambda: b.train_step(cm_train))
+        conv_infer = convolution_seconds(lambda: b.forward(cm_frozen))
+    return dict(preset=preset, conv_train_s=conv_train, conv_infer_s=conv_infer, batch=batch, params=b.params, fl_fwd=fl_fwd, fl_train=fl_train, repeats=repeats,
                 compile_train_s=compile_train_s, compile_infer_s=compile_infer_s, compile_frozen_s=compile_frozen_s,
                 ok=ok, max_diff=cm_infer.report.max_abs_diff, max_diff_frozen=cm_frozen.report.max_abs_diff,
                 cache=cache, messages=messages,
                 train={k: med(v) for k, v in train.items()},
                 infer={k: med(v) for k, v in infer.items()}, load=(min(loads), statistics.median(loads), max(loads)),
                 peaks=peaks)
+
+
+def convolution_seconds(step, calls: int = 3) -> float:
+    """Seconds one ``step()`` spends inside convolution kernels (profiler self CPU time), best of ``calls``."""
+    from torch.profiler import profile
+
+    best = float("inf")
+    for _ in range(calls):
+        with profile() as prof:
+            step()
+        best = min(best, sum(e.self_cpu_time_total for e in prof.key_averages() if "convolution" in e.key) / 1e6)
+    return best
 
 
 def break_even_minutes(compile_s: float, eager: float, compiled: float) -> float:
@@ -174,8 +210,9 @@ def render(results: list[dict], peaks: tuple[float, float], threads: int, comman
         lines += [note, ""]
     lines += ["| preset | batch | params | train img/s eager | compiled | ratio | train % peak eager / compiled "
               "| sample img/s eager | compiled | ratio | frozen | ratio | sample % peak eager / compiled / frozen "
-              "| compile s (train / sample / frozen) | break-even (train min) | load avg (min-max) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| compile s (train / sample / frozen) | break-even (train min) | bound: train / sample "
+              "| load avg (min-max) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         te, tc = r["train"]["eager"], r["train"]["compiled"]
         ie, ic, iz = r["infer"]["eager"], r["infer"]["compiled"], r["infer"]["frozen"]
@@ -186,7 +223,18 @@ def render(results: list[dict], peaks: tuple[float, float], threads: int, comman
                      f"**{ic / ie:.2f}x** | {iz:.1f} | **{iz / ie:.2f}x** | {pct(r['fl_fwd'], ie):.0f}% / "
                      f"{pct(r['fl_fwd'], ic):.0f}% / {pct(r['fl_fwd'], iz):.0f}% | "
                      f"{r['compile_train_s']:.0f} / {r['compile_infer_s']:.0f} / {r['compile_frozen_s']:.0f} | "
-                     f"{'never' if be == float('inf') else f'{be:.1f}'} | {r['load'][0]:.1f}-{r['load'][2]:.1f} |")
+                     f"{'never' if be == float('inf') else f'{be:.1f}'} | "
+                     f"{r['batch'] / te / r['conv_train_s']:.2f}x / {r['batch'] / ie / r['conv_infer_s']:.2f}x | "
+                     f"{r['load'][0]:.1f}-{r['load'][2]:.1f} |")
+    lines += ["", "Channels-last, eager (no compiling): the same module and inputs stored channels-last (NHWC), the "
+              "layout oneDNN's convolutions use, timed in the same alternating repeats:", "",
+              "| preset | train img/s eager | channels-last | ratio | sample img/s eager | channels-last | ratio |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results:
+        te, tl = r["train"]["eager"], r["train"]["channels-last"]
+        ie, il = r["infer"]["eager"], r["infer"]["channels-last"]
+        lines.append(f"| {r['preset']} | {te:.1f} | {tl:.1f} | **{tl / te:.2f}x** | {ie:.1f} | {il:.1f} | "
+                     f"**{il / ie:.2f}x** |")
     lines.append("")
     for r in results:
         (hit_t, miss_t), (hit_i, miss_i), (hit_z, miss_z) = r["cache"]
@@ -197,7 +245,9 @@ def render(results: list[dict], peaks: tuple[float, float], threads: int, comman
                      f"inductor cache hits / misses: training compile {hit_t} / {miss_t}, sampling compile "
                      f"{hit_i} / {miss_i}, frozen {hit_z} / {miss_z}"
                      + ("" if r["ok"] else "; COMPILE FELL BACK TO EAGER: " + " | ".join(r["messages"])) + ".")
-    lines += ["", "Break-even: the eager training time after which a compiled run, having paid its compile time, "
+    lines += ["", "Bound: the eager step's (call's) seconds over the seconds the compiled training step (frozen sampling "
+              "call) spends in convolution kernels (torch.profiler, best of 3): the ratio compiling would reach if "
+              "all the rest cost nothing.", "", "Break-even: the eager training time after which a compiled run, having paid its compile time, "
               "has done as many steps (compile s / (1 - eager / compiled rate)); a 25-minute budget gains from "
               "compiling only when this is well below 25."]
     return "\n".join(lines) + "\n"
