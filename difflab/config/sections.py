@@ -136,6 +136,8 @@ class TrainConfig(TrainSettings):
     eval_cache_dir: str | None = None
     compile: bool = False              # the training forward through torch.compile (inductor; difflab.compile:
     #                                    a compile failure falls back to eager with a message)
+    channels_last: bool = False        # the U-Net (and its EMA) stored channels-last (NHWC), the layout oneDNN's
+    #                                    convolutions use on CPU: faster there (benchmarks/compile_throughput.py)
     # At the end of a class-conditional run with evaluation: try several classifier-free guidance weights on the
     # final EMA weights and keep the one whose samples are nearest the training images (difflab.train.guidance_choice)
     choose_guidance: bool = False

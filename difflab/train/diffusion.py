@@ -144,6 +144,8 @@ class DiffusionTask(Task):
         tc = self.config.train
         model = UNet(self.config.model)
         model = (model if self.conditioning is None else self.conditioning.network(model)).to(env.device)
+        if tc.channels_last:   # convolution weights NHWC; the activations follow from the first convolution on
+            model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
         self.model = model
         # train.compile: the same parameters behind torch.compile; checkpoints and EMA still read `model`

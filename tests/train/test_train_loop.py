@@ -114,6 +114,7 @@ def test_training_reduces_the_loss_and_writes_outputs(tmp_path):
     ("model.num_classes=10", "data.labels=true", "train.class_dropout=0.3"),
     # T=4: the loss history (10 per t) fills within the first steps, so the resumed half draws t by importance
     ("train.timestep_sampling=loss_aware", "diffusion.num_timesteps=4", "sample.steps=4"),
+    ("train.channels_last=true", "model.dropout=0.1"),
 ])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, overrides):
     cfg = tiny("train.steps=6", *overrides)
@@ -267,6 +268,33 @@ def test_a_time_budget_ends_the_cosine_decay_at_the_budget(tmp_path, monkeypatch
     lrs = [r["lr"] for r in read_metrics(tmp_path / "run") if "lr" in r]
     # step k starts after k seconds of training: lr = 0.5 (1 + cos(pi k / 6))
     assert lrs == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
+
+
+def test_channels_last_trains_the_same_network_in_oneDNN_s_layout(tmp_path, monkeypatch):
+    """train.channels_last stores the U-Net NHWC during training: the same run to float rounding (other
+    convolution kernels), and checkpoints that load like any other."""
+    layouts = []
+    conv_forward = torch.nn.Conv2d.forward
+
+    def recording(self, x):
+        if self.kernel_size != (1, 1) and self.in_channels > 1:   # weights whose two layouts differ
+            layouts.append(self.weight.is_contiguous(memory_format=torch.channels_last))
+        return conv_forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recording)
+    cfg = tiny("train.steps=3", "sample.n=2", "sample.steps=2")
+    train(cfg, tmp_path / "nchw", **QUIET)
+    assert layouts and not any(layouts)
+    layouts.clear()
+    train(resolve_config(base=cfg, overrides=["train.channels_last=true"]), tmp_path / "nhwc", **QUIET)
+    assert layouts and all(layouts)
+    for name in ("model", "ema"):
+        a, b = weights(tmp_path / "nchw", 3, name), weights(tmp_path / "nhwc", 3, name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    run = load_run(tmp_path / "nhwc")
+    assert_same_weights(run.model.state_dict(), weights(tmp_path / "nhwc", 3, "ema"))
 
 
 @pytest.mark.parametrize("works", [True, False])
