@@ -179,8 +179,9 @@ def train_diffusers_best(out: Path, data_root: str, minutes: float, every: float
 
 
 @torch.no_grad()
-def sample_diffusers_best(state_path: Path, n: int, seed: int, batch: int) -> torch.Tensor:
-    """Classes 0..9 in turn, classifier-free guidance w on the v output, DDIM eta 1 on a trailing grid."""
+def sample_diffusers_best(state_path: Path, n: int, seed: int, batch: int, w: float = BEST_W) -> torch.Tensor:
+    """Classes 0..9 in turn, classifier-free guidance w on the v output (w = 0: the conditional output
+    alone, one network evaluation per step), DDIM eta 1 on a trailing grid."""
     from diffusers import DDIMScheduler
 
     from difflab.rng import per_sample_generators, randn
@@ -198,7 +199,11 @@ def sample_diffusers_best(state_path: Path, n: int, seed: int, batch: int) -> to
         noise_gen = torch.Generator().manual_seed(seed * 2**20 + start)
         ddim.set_timesteps(BEST_STEPS)
         for t in ddim.timesteps:
-            v_c, v_u = model(torch.cat([x, x]), t, class_labels=both, return_dict=False)[0].chunk(2)
-            x = ddim.step((1 + BEST_W) * v_c - BEST_W * v_u, t, x, eta=1.0, generator=noise_gen).prev_sample
+            if w:
+                v_c, v_u = model(torch.cat([x, x]), t, class_labels=both, return_dict=False)[0].chunk(2)
+                v = (1 + w) * v_c - w * v_u
+            else:
+                v = model(x, t, class_labels=y, return_dict=False)[0]
+            x = ddim.step(v, t, x, eta=1.0, generator=noise_gen).prev_sample
         outs.append(x)
     return torch.cat(outs).clamp(-1, 1)

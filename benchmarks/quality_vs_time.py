@@ -176,9 +176,10 @@ def evaluate_recipe(args, recipe: str) -> list[dict]:
         elif recipe == "diffusers":
             images, nfe, how = sample_diffusers(path, args.n, args.seed, args.batch), 50, "DDIMScheduler 50 steps"
         else:
-            images, nfe = sample_diffusers_best(path, args.n, args.seed, args.batch), 2 * BEST_STEPS
+            w = BEST_W if args.best_guidance is None else args.best_guidance
+            images, nfe = sample_diffusers_best(path, args.n, args.seed, args.batch, w), BEST_STEPS * (2 if w else 1)
             how = (f"DDIMScheduler {BEST_STEPS} steps, eta 1, trailing, classes cycling 0..9, "
-                   f"classifier-free guidance w={BEST_W:g}")
+                   + (f"classifier-free guidance w={w:g}" if w else "no guidance"))
         fd = fd_of(feat, ref, images)
         rows.append(dict(recipe=recipe, minutes=minutes, train_minutes=info["minutes"], step=info["step"],
                          fd=fd, floor=floor, nfe=nfe, sampler=how, eval_seconds=time.perf_counter() - t0))
@@ -207,6 +208,7 @@ def evaluate_all(args) -> list[dict]:
         common = ["--out", args.out, "--data-root", args.data_root, "--every", str(args.every), "--n", str(args.n),
                   *(["--difflab-steps", str(args.difflab_steps)] if args.difflab_steps else []),
                   *(["--difflab-guidance", args.difflab_guidance] if args.difflab_guidance else []),
+                  *(["--best-guidance", str(args.best_guidance)] if args.best_guidance is not None else []),
                   "--final-n", str(args.final_n),
                   *(["--eval-marks", *map(str, args.eval_marks)] if args.eval_marks else []),
                   *(["--tag", args.tag] if args.tag else []),
@@ -337,6 +339,8 @@ def main(argv=None):
     ap.add_argument("--difflab-steps", type=int, default=None, help="sampling steps for difflab (default: the run's)")
     ap.add_argument("--difflab-guidance", default=None,
                     help="classifier-free guidance weight w for difflab, or 'none' (default: the run's)")
+    ap.add_argument("--best-guidance", type=float, default=None,
+                    help=f"guidance weight for diffusers-best (default: {BEST_W:g}, as mnist-fast; 0: none)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the RESULTS.md section from benchmarks/artifacts/quality_vs_time.json")
     ap.add_argument("--tag", default=None, help="a name for this run: its RESULTS.md section and artifacts get it "
