@@ -167,6 +167,8 @@ class DiffusionTask(Task):
                        timestep_sampler=self.t_sampler, to_x_0=c.x_0_fn if c is not None else None)
         if c is not None:   # improved-diffusion's super-resolution: the condition rides in model_kwargs
             b.model_kwargs = c.train_kwargs(b, gen, env.shard)
+        if tc.channels_last and b.x_0.dim() == 4:   # the same values, laid out as the network's activations
+            b.x_0, b.noise = (v.contiguous(memory_format=torch.channels_last) for v in (b.x_0, b.noise))
         return b
 
     def step(self, b: Batch, step: int) -> Iterator[Update]:
