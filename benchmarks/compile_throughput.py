@@ -163,7 +163,8 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict:
     if ok:
         conv_train = convolution_seconds(lambda: b.train_step(cm_train))
         conv_infer = convolution_seconds(lambda: b.forward(cm_frozen))
-    return dict(preset=preset, conv_train_s=conv_train, conv_infer_s=conv_infer, batch=batch, params=b.params, fl_fwd=fl_fwd, fl_train=fl_train, repeats=repeats,
+    return dict(preset=preset, conv_train_s=conv_train, conv_infer_s=conv_infer, batch=batch, params=b.params,
+                fl_fwd=fl_fwd, fl_train=fl_train, repeats=repeats,
                 compile_train_s=compile_train_s, compile_infer_s=compile_infer_s, compile_frozen_s=compile_frozen_s,
                 ok=ok, max_diff=cm_infer.report.max_abs_diff, max_diff_frozen=cm_frozen.report.max_abs_diff,
                 cache=cache, messages=messages,
@@ -245,9 +246,10 @@ def render(results: list[dict], peaks: tuple[float, float], threads: int, comman
                      f"inductor cache hits / misses: training compile {hit_t} / {miss_t}, sampling compile "
                      f"{hit_i} / {miss_i}, frozen {hit_z} / {miss_z}"
                      + ("" if r["ok"] else "; COMPILE FELL BACK TO EAGER: " + " | ".join(r["messages"])) + ".")
-    lines += ["", "Bound: the eager step's (call's) seconds over the seconds the compiled training step (frozen sampling "
-              "call) spends in convolution kernels (torch.profiler, best of 3): the ratio compiling would reach if "
-              "all the rest cost nothing.", "", "Break-even: the eager training time after which a compiled run, having paid its compile time, "
+    lines += ["", "Bound: the eager step's (call's) seconds over the seconds the compiled training step (frozen "
+              "sampling call) spends in convolution kernels (torch.profiler, best of 3): the ratio compiling would "
+              "reach if all the rest cost nothing.",
+              "", "Break-even: the eager training time after which a compiled run, having paid its compile time, "
               "has done as many steps (compile s / (1 - eager / compiled rate)); a 25-minute budget gains from "
               "compiling only when this is well below 25."]
     return "\n".join(lines) + "\n"

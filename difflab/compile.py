@@ -26,10 +26,12 @@ no output check or speed probe under autograd; the training benchmark
 ``freeze=True`` (sampling a loaded run: ``difflab sample --compile``) compiles the inference graphs
 with TorchInductor's *freezing*: the parameters become constants of the compiled code, so it can
 fold them and, on CPU, hand oneDNN its convolution weights already in the layout its kernels use
-(eager reorders them on every call). That is only valid while the parameters do not change:
-their version counters are recorded at the first call, and a later call that finds one changed
-(an optimizer step, ``load_state_dict``, any in-place write) runs eager from then on, with a
-message. Graphs compiled under autograd are never frozen.
+(eager reorders them on every call); on the 2-core CPU of benchmarks/RESULTS.md that was no
+faster than unfrozen compiling, which lays the activations out channels-last already. Freezing is
+only valid while the parameters do not change: their version counters are recorded at the first
+call, and a later call that finds one changed (an optimizer step, ``load_state_dict``, any
+in-place write) runs eager from then on, with a message. Graphs compiled under autograd are
+never frozen.
 
 Caching between runs is TorchInductor's own on-disk cache (compiled graphs keyed by graph,
 inputs and torch version), on by default: a second process compiling the same network skips

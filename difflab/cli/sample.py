@@ -73,7 +73,8 @@ def compiled_run(args, run):
         return run
     from ..compile import compile_model
 
-    return dataclasses.replace(run, model=compile_model(run.model, freeze=True, log=lambda msg: say(f"--compile: {msg}")))
+    model = compile_model(run.model, freeze=True, log=lambda msg: say(f"--compile: {msg}"))
+    return dataclasses.replace(run, model=model)
 
 
 def run_sample(args) -> int:
