@@ -173,6 +173,24 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict:
                 peaks=peaks)
 
 
+def keep_group_norm_in_aten() -> None:
+    """An experiment (``--groupnorm-fallback``): TorchInductor compiles GroupNorm and its backward from their
+    decomposition into its own loops; this makes it call eager's aten kernels for them instead, leaving the
+    rest of the graph compiled. Private TorchInductor names, checked on torch 2.13 only."""
+    from torch._inductor import compile_fx, decomposition, lowering
+
+    aten = torch.ops.aten
+    ops = (aten.native_group_norm.default, aten.native_group_norm_backward.default)
+    table = decomposition.select_decomp_table
+
+    def without_group_norm():
+        return {k: v for k, v in table().items() if k not in ops}
+
+    decomposition.select_decomp_table = compile_fx.select_decomp_table = without_group_norm
+    for op in (aten.native_group_norm, aten.native_group_norm_backward):
+        lowering.make_fallback(op)
+
+
 def convolution_seconds(step, calls: int = 3) -> float:
     """Seconds one ``step()`` spends inside convolution kernels (profiler self CPU time), best of ``calls``."""
     from torch.profiler import profile
@@ -263,6 +281,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--note", default="", help="a sentence written above the table (e.g. the machine's state)")
     ap.add_argument("--no-write", action="store_true", help="print the table, do not touch RESULTS.md")
+    ap.add_argument("--groupnorm-fallback", action="store_true",
+                    help="experiment: compiled graphs call eager's GroupNorm kernels (implies --no-write)")
     args = ap.parse_args()
     presets = [p for p in args.presets.split(",") if p]
     bad = [p for p in presets if p not in PRESETS]
@@ -271,6 +291,10 @@ def main() -> None:
     if args.repeats is not None and args.repeats < 1:
         sys.exit("error: --repeats must be >= 1")
     torch.set_num_threads(args.threads)
+    if args.groupnorm_fallback:
+        keep_group_norm_in_aten()
+        os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "0"   # cached graphs were compiled with the decomposition
+        args.no_write = True
     before = (matmul_peak()[0], conv_peak()[0])
     results = [run_preset(p, args.batch or BATCH[p], args.repeats or REPEATS[p]) for p in presets]
     after = (matmul_peak()[0], conv_peak()[0])
