@@ -26,7 +26,6 @@ import shutil
 import sys
 from pathlib import Path
 
-
 from _common import RESULTS, ROOT, write_section  # noqa: E402
 from own_data import DATASETS, DIFFLAB, data_arg, run_all, seed_featurizers  # noqa: E402
 from difflab.train.ema import EMA  # noqa: E402

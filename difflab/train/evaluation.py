@@ -41,10 +41,10 @@ from ..eval import (EvalClassifierConfig, HeldoutReference, classifier_featurize
                     folder_featurizer, format_result, load_or_train_eval_classifier, open_featurizer,
                     plan_featurizer, prepare_reference)
 from ..rng import randint, randn
+from ..runs import CONFIG_NAME
 from ..sampling import sample_images, with_default_guidance
 from ..eval.frechet import compute_stats, frechet_distance
 from .guidance_choice import CHOOSE_SAMPLES, REFERENCE_IMAGES, apply_guidance, search_guidance
-from ..runs import CONFIG_NAME
 from .heldout import HeldoutData
 from .metrics import plot_eval
 from .task import Callback, RunState, TrainResult

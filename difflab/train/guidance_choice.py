@@ -12,9 +12,8 @@ not biased by it.
 
 :func:`search_guidance` starts at the configured weight and doubles it while the distance falls; if
 the first doubling does not help, it halves instead, then tries 0; last, a factor of sqrt(2) toward the
-better neighbour of the best (at most six weights). The
-chosen weight is written into the run's config (RUN/config.yaml and the final checkpoint's), so
-``difflab sample`` and ``difflab eval fd`` use it; every weight tried and its distance go to
+better neighbour of the best (at most six weights). The chosen weight is written into the run's config
+(RUN/config.yaml and the final checkpoint's), so ``difflab sample`` and ``difflab eval fd`` use it; every weight tried and its distance go to
 RUN/guidance.json and the log. The choice costs at most ``6 x 250 x sample.steps x 2`` network
 evaluations per image after training (not training time): on one CPU core about 5 minutes for 28x28
 MNIST with the automatic recipe's network.
